@@ -1,0 +1,100 @@
+"""Settings: the RUNALWAYS_* environment variables and the keywords that mirror them.
+
+Every value is checked; a bad one raises SettingError with one line that names the
+variable, the value and what is allowed. A RUNALWAYS_* variable nobody reads is an error
+too: a typo such as RUNALWAYS_SILNET=1 must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+from runalways.errors import SettingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, Tuple, Union
+
+    Retry = Tuple[int, float]
+    RetryValue = Union[int, str, Retry, None]
+
+PREFIX = "RUNALWAYS_"
+
+#: The variables the core reads; a backend adds its own (Backend.settings).
+CORE_VARIABLES = ("RUNALWAYS_BACKEND", "RUNALWAYS_SILENT", "RUNALWAYS_RETRY", "RUNALWAYS_SKIP", "RUNALWAYS_DIR")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str, where: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingError(f"{where}={text!r} is not a yes/no value; use one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
+
+
+def parse_seconds(text: str, where: str) -> float:
+    """A number of seconds: a non-negative finite number, fractions allowed."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise SettingError(f"{where}={text!r} is not a number of seconds; use a number such as 10 or 0.5")
+    return seconds
+
+
+def parse_retry(value: RetryValue, where: str) -> Retry | None:
+    """``N`` or ``N,S``: try N more times, S seconds apart (S defaults to 1), as Sys::RunAlone."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        text = ",".join(str(part) for part in value)
+    else:
+        text = str(value)
+    count_text, comma, pause_text = text.partition(",")
+    count_text = count_text.strip()
+    pause = 1.0
+    if comma:
+        try:
+            pause = parse_seconds(pause_text, where)
+        except SettingError:
+            pause = 0.0
+    if not count_text.isdigit() or (comma and pause <= 0):
+        raise SettingError(
+            f"{where}={text!r} is not a retry count; use N or N,S "
+            "(try N more times, S seconds apart; for example 3 or 5,0.5)"
+        )
+    return int(count_text), pause
+
+
+def parse_skip(text: str, where: str) -> int:
+    value = text.strip()
+    if value not in ("0", "1", "2"):
+        raise SettingError(
+            f"{where}={text!r} is not a skip level; use 0 (check), 1 (skip the check) or 2 (skip it and say so)"
+        )
+    return int(value)
+
+
+class FromEnvironment:
+    """The settings given in the environment, parsed; an empty value counts as not set."""
+
+    __slots__ = ("backend", "retry", "silent", "skip")
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.backend: str | None = environ.get("RUNALWAYS_BACKEND", "").strip() or None
+        silent = environ.get("RUNALWAYS_SILENT", "")
+        self.silent: bool | None = parse_bool(silent, "RUNALWAYS_SILENT") if silent else None
+        self.retry: Retry | None = parse_retry(environ.get("RUNALWAYS_RETRY") or None, "RUNALWAYS_RETRY")
+        skip = environ.get("RUNALWAYS_SKIP", "")
+        self.skip: int = parse_skip(skip, "RUNALWAYS_SKIP") if skip else 0
+
+
+def check_unknown(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """Refuse RUNALWAYS_* variables that neither the core nor the chosen backend reads."""
+    for variable in environ:
+        if variable.startswith(PREFIX) and variable not in CORE_VARIABLES and variable not in known:
+            allowed = ", ".join(CORE_VARIABLES + known)
+            raise SettingError(f"{variable} is not a runalways setting (misspelt?); the settings are: {allowed}")

@@ -1,0 +1,78 @@
+"""The backend registry: backends by name.
+
+Built-in backends are listed here as ``module:class`` strings and imported only when
+chosen, so ``import runalways`` loads just the one it uses. Third-party backends register
+under the entry-point group ``runalways.backends``; entry points are read only when a
+name is not built in (importlib.metadata is too slow for every cron start).
+"""
+
+from __future__ import annotations
+
+import os
+
+from runalways.errors import BackendUnavailable, SettingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    from runalways.backends.base import Backend
+
+ENTRY_POINT_GROUP = "runalways.backends"
+
+BUILTIN = {
+    "fcntl": "runalways.backends.flock:FlockBackend",
+}
+
+
+def default_name() -> str:
+    return "portalocker" if os.name == "nt" else "fcntl"
+
+
+def _load(spec: str) -> type[Backend]:
+    module_name, _, class_name = spec.partition(":")
+    module = __import__(module_name, fromlist=[class_name])
+    backend: type[Backend] = getattr(module, class_name)
+    return backend
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points
+
+    found = entry_points()
+    if hasattr(found, "select"):  # Python 3.10 and later
+        group = found.select(group=ENTRY_POINT_GROUP)
+    else:
+        group = found.get(ENTRY_POINT_GROUP, [])  # type: ignore[arg-type,attr-defined,unused-ignore]
+    return {entry.name: entry for entry in group}
+
+
+def names() -> list[str]:
+    """Every registered backend name: built in first, then those from entry points."""
+    return list(BUILTIN) + sorted(set(_entry_points()) - set(BUILTIN))
+
+
+def get_class(name: str, variable: str = "RUNALWAYS_BACKEND") -> type[Backend]:
+    """The backend class registered as ``name``, whether or not it can work here.
+
+    An unknown name raises SettingError naming ``variable`` and listing the known ones.
+    """
+    if name in BUILTIN:
+        return _load(BUILTIN[name])
+    entry = _entry_points().get(name)
+    if entry is None:
+        raise SettingError(f"{variable}={name!r} is not a known backend; choose one of: {', '.join(names())}")
+    backend: type[Backend] = entry.load()
+    return backend
+
+
+def get(name: str, variable: str = "RUNALWAYS_BACKEND") -> type[Backend]:
+    """The backend class registered as ``name``, ready to use here.
+
+    A backend that cannot work on this machine raises BackendUnavailable saying why.
+    """
+    backend = get_class(name, variable)
+    reason = backend.unavailable()
+    if reason is not None:
+        raise BackendUnavailable(f"the {name} backend cannot work here: {reason}")
+    return backend

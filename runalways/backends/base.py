@@ -1,0 +1,360 @@
+"""The interface every backend implements, and the mechanics file-lock backends share.
+
+A backend knows one mechanism: how to take a lock on a target without blocking, how to
+wait for it up to a timeout, how to release it and how to tell who holds it. It never
+prints and never exits; the policy (``runalways._policy``) decides what a user sees.
+
+This module is on the import path of ``import runalways``: it imports nothing beyond
+``os``, ``errno`` and ``time`` at module level.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from runalways.errors import LockFailed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, ClassVar
+
+#: errno values that mean "another holder has it", and nothing else. flock(2) says
+#: EWOULDBLOCK (== EAGAIN on Linux); POSIX lets fcntl(F_SETLK) answer EACCES too.
+CONTENTION = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
+
+
+class Capabilities:
+    """What a backend's lock survives, declared as data.
+
+    The conformance suite checks every declaration in both directions (a backend that
+    says a lock is lost must really lose it), and ``runalways backends`` prints them.
+    """
+
+    __slots__ = (
+        "across_hosts",
+        "crash_release_seconds",
+        "identity",
+        "kept_across_exec",
+        "kept_by_fork_child",
+        "kept_when_file_closed",
+        "kept_when_replaced",
+        "needs_write_access",
+    )
+
+    def __init__(
+        self,
+        *,
+        identity: str,
+        kept_by_fork_child: bool,
+        kept_across_exec: bool,
+        kept_when_replaced: bool,
+        kept_when_file_closed: bool,
+        needs_write_access: bool,
+        across_hosts: bool,
+        crash_release_seconds: float,
+    ) -> None:
+        #: "inode": symlinks and hard links share the lock (Sys::RunAlways);
+        #: "path": the resolved path, so symlinks share it and hard links do not;
+        #: "name": the script's file name, the same on every host.
+        self.identity = identity
+        #: A child made by fork() still holds the lock after the parent exits.
+        self.kept_by_fork_child = kept_by_fork_child
+        #: The program an os.exec*() starts still holds the lock.
+        self.kept_across_exec = kept_across_exec
+        #: Replacing the script by rename (editors, deploys) keeps other copies out.
+        self.kept_when_replaced = kept_when_replaced
+        #: The holder may open and close its own script file (linecache, tracebacks).
+        self.kept_when_file_closed = kept_when_file_closed
+        #: The lock needs a descriptor open for writing.
+        self.needs_write_access = needs_write_access
+        #: Copies on different hosts exclude each other.
+        self.across_hosts = across_hosts
+        #: After SIGKILL of the holder, the lock is free again within this many seconds.
+        self.crash_release_seconds = crash_release_seconds
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Holder:
+    """Who holds a lock, as far as the mechanism can know."""
+
+    __slots__ = ("command", "host", "pid", "since", "user")
+
+    def __init__(
+        self,
+        pid: int | None = None,
+        user: str | None = None,
+        since: float | None = None,
+        host: str | None = None,
+        command: str | None = None,
+    ) -> None:
+        self.pid = pid
+        self.user = user
+        #: Epoch seconds: when the holding process started.
+        self.since = since
+        self.host = host
+        self.command = command
+
+    def describe(self) -> str:
+        """``pid 4242, user alice, since 2026-11-24 10:00:03`` (only what is known)."""
+        parts = []
+        if self.pid is not None:
+            parts.append(f"pid {self.pid}")
+        if self.host is not None:
+            parts.append(f"host {self.host}")
+        if self.user is not None:
+            parts.append(f"user {self.user}")
+        if self.since is not None:
+            parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+        return ", ".join(parts) if parts else "holder unknown"
+
+
+class Target:
+    """What is locked: a file, and the name people see in messages.
+
+    ``path`` is None for a lock known only by name (``--name``); backends that lock a
+    file get one in the private lock directory from :meth:`file`.
+    """
+
+    __slots__ = ("create", "display", "name", "path", "private")
+
+    def __init__(
+        self, path: str | None, display: str, name: str, *, create: bool = False, private: bool = False
+    ) -> None:
+        self.path = path
+        #: How messages name it: sys.argv[0] as given, the command, or the lock name.
+        self.display = display
+        #: A host-independent name (the script's file name, or --name).
+        self.name = name
+        self.create = create
+        self.private = private
+
+    def file(self) -> str:
+        if self.path is None:
+            from runalways._lockdir import lock_file_for
+
+            self.path = lock_file_for(self.name)
+            self.create = self.private = True
+        return self.path
+
+
+class Backend:
+    """One lock on one target, by one mechanism."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    #: Environment variables this backend reads, besides the core ones.
+    settings: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this backend cannot work here, or None when it can."""
+        return None
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def try_acquire(self) -> bool:
+        """Take the lock without blocking: True if taken, False if another copy has it.
+
+        Any other failure raises :class:`~runalways.errors.LockFailed`.
+        """
+        raise NotImplementedError
+
+    def acquire(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for the lock; True if taken."""
+        raise NotImplementedError
+
+    def take(self, timeout: float | None) -> bool:
+        """Try once without blocking, then wait up to ``timeout`` (0: do not wait)."""
+        # The first non-blocking try keeps the common case to one system call.
+        return self.try_acquire() or (timeout != 0 and self.acquire(timeout))
+
+    def release(self) -> None:
+        """Give the lock up. Never called at exit by the import guard: the process ending does it."""
+        raise NotImplementedError
+
+    def holder(self) -> Holder | None:
+        """Who holds the lock now, or None if nobody does. Never takes the lock."""
+        raise NotImplementedError
+
+
+class FileLockBackend(Backend):
+    """A kernel lock on an open file: shared mechanics of flock, lockf, OFD and portalocker.
+
+    Subclasses say how to lock and unlock a descriptor (``_lock``/``_unlock``) and which
+    kind of lock ``/proc/locks`` shows for them.
+    """
+
+    #: The lock type /proc/locks prints for this mechanism: FLOCK, POSIX or OFDLCK.
+    proc_locks_kind: ClassVar[str]
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._fd: int | None = None
+
+    def _lock(self, fd: int, blocking: bool) -> None:
+        raise NotImplementedError
+
+    def _unlock(self, fd: int) -> None:
+        raise NotImplementedError
+
+    def _open(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        path = self.target.file()
+        # O_CLOEXEC: programs started by the holder never inherit the lock descriptor.
+        flags = os.O_CLOEXEC | (os.O_RDWR if self.capabilities.needs_write_access else os.O_RDONLY)
+        if self.target.create:
+            flags |= os.O_CREAT
+        if self.target.private:
+            flags |= os.O_NOFOLLOW
+        try:
+            self._fd = os.open(path, flags, 0o600)
+        except OSError as error:
+            raise LockFailed(self._open_failure(path, error)) from None
+        return self._fd
+
+    def _open_failure(self, path: str, error: OSError) -> str:
+        why = error.strerror or str(error)
+        hint = ""
+        if error.errno == errno.EACCES and self.capabilities.needs_write_access:
+            hint = f"; the {self.name} backend needs write access to the file: use RUNALWAYS_BACKEND=fcntl"
+        return f"cannot open {path!r} to lock it: {why}{hint}"
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _attempt(self, blocking: bool) -> bool:
+        fd = self._open()
+        try:
+            self._lock(fd, blocking)
+        except OSError as error:
+            if error.errno in CONTENTION:
+                return False
+            raise self._failure(error) from None
+        return True
+
+    def _failure(self, error: OSError) -> LockFailed:
+        code = errno.errorcode.get(error.errno or 0, str(error.errno))
+        return LockFailed(
+            f"cannot lock {self.target.file()!r} with {self.name}: {error.strerror} ({code}); "
+            "this is an error of the file system, not another copy running: "
+            "choose another backend (see 'runalways backends') or keep the script on a local disk"
+        )
+
+    def try_acquire(self) -> bool:
+        taken = self._attempt(blocking=False)
+        if not taken:
+            self._close()
+        return taken
+
+    def acquire(self, timeout: float | None) -> bool:
+        taken = wait_for(lambda: self._attempt(blocking=True), lambda: self._attempt(blocking=False), timeout)
+        if not taken:
+            self._close()
+        return taken
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self._unlock(self._fd)
+            self._close()
+
+    def holder(self) -> Holder | None:
+        from runalways import _proc
+
+        path = self.target.file()
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        found = _proc.lock_holders(status.st_dev, status.st_ino)
+        if found is None:  # no /proc/locks: the kernel cannot tell us, ask the lock itself
+            return self._probe()
+        for kind, pid in found:
+            if kind == self.proc_locks_kind:
+                return _proc.describe_process(pid)
+        return None
+
+    def _probe(self) -> Holder | None:
+        """Where the kernel lists no locks, test the lock with a second open (racy, documented)."""
+        probe = type(self)(self.target)
+        try:
+            free = probe.try_acquire()
+        except LockFailed:
+            return None
+        if free:
+            probe.release()
+            return None
+        return Holder()
+
+
+class _Deadline(BaseException):
+    """Raised by the SIGALRM handler to end a blocking lock call at the deadline."""
+
+
+def wait_for(block: Callable[[], bool], attempt: Callable[[], bool], timeout: float | None) -> bool:
+    """Wait for a lock with the mechanism's own blocking call, bounded by ``timeout``.
+
+    ``block`` blocks until the lock is granted; ``attempt`` tries once without blocking.
+    The kernel wakes the waiter the moment the holder lets go, which is why runalways
+    hands over in well under a millisecond where the peers poll every 50-250 ms. The
+    deadline is a one-shot ITIMER_REAL whose handler raises out of the interrupted call
+    (PEP 475 would otherwise restart it). Only the main thread receives signals; in any
+    other thread this falls back to polling.
+    """
+    if timeout is None:
+        return block()
+    if timeout <= 0:
+        return attempt()
+    import signal
+
+    armed = [True]
+
+    def at_deadline(signum: int, frame: object) -> None:
+        if armed[0]:  # raise at most once, so the clean-up below is never interrupted
+            armed[0] = False
+            raise _Deadline
+
+    try:
+        previous = signal.signal(signal.SIGALRM, at_deadline)
+    except ValueError:  # not the main thread
+        return poll_until(attempt, timeout)
+    started = time.monotonic()
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout)
+    granted = False
+    try:
+        try:
+            granted = block()
+        finally:
+            armed[0] = False
+    except _Deadline:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if old_delay:  # give back the caller's own timer, less the time we spent
+            remaining = max(old_delay - (time.monotonic() - started), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
+    # The deadline may have fired just after the kernel granted the lock: one more
+    # non-blocking attempt on the same descriptor tells (it succeeds on a lock we hold).
+    return granted or attempt()
+
+
+def poll_until(attempt: Callable[[], bool], timeout: float) -> bool:
+    """Try ``attempt`` with a doubling back-off (1 ms to 50 ms) until it succeeds or time is up."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        if attempt():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)

@@ -1,0 +1,206 @@
+"""The ``runalways`` command: guard any command, show who holds a lock, list backends.
+
+    runalways run [--alone] [--wait S | --retry N[,S]] [--silent] [--backend NAME]
+                  [--lock PATH | --name NAME] -- COMMAND [ARGS...]
+    runalways status [--backend NAME] (SCRIPT | --lock PATH | --name NAME)
+    runalways backends
+
+Exit status: ``run`` exits with the command's status (128+N when signal N killed it),
+0 (or 1 with ``--alone``) when another copy holds the lock; ``status`` exits 0 when a
+copy holds the lock and 3 when none does (as ``systemctl is-active``); every error
+prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+
+from runalways import _policy
+from runalways._settings import parse_retry, parse_seconds
+from runalways.backends import get_class, names
+from runalways.backends.base import Target
+from runalways.errors import RunAlwaysError, SettingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn, Sequence
+
+NOT_RUNNING = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage block: cron mails and logs stay readable."""
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_seconds(text, "--wait")
+    except SettingError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _retry(text: str) -> str:
+    try:
+        parse_retry(text, "--retry")
+    except SettingError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog="runalways",
+        description="Make sure exactly one copy of a job runs.",
+        epilog="Settings also come from RUNALWAYS_* environment variables; see the README.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="run COMMAND unless another copy of it holds the lock",
+        description="Run COMMAND holding a lock; if another copy holds it, exit 0 (1 with --alone) at once. "
+        "The default lock is the resolved command and its arguments.",
+    )
+    run.add_argument("--alone", action="store_true", help="exit 1 with a message when another copy runs")
+    waiting = run.add_mutually_exclusive_group()
+    waiting.add_argument("--wait", type=_seconds, metavar="SECONDS", help="wait up to SECONDS for the lock")
+    waiting.add_argument("--retry", type=_retry, metavar="N[,S]", help="try N more times, S seconds apart (S=1)")
+    run.add_argument("--silent", action="store_true", help="print no start or 'already running' line")
+    _add_backend_and_target(run)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+
+    status = commands.add_parser(
+        "status",
+        help="say whether a copy holds the lock (exit 0) or not (exit 3)",
+        description="Show whether a copy holds the lock, its pid, user and start time. Never takes the lock.",
+    )
+    status.add_argument("script", nargs="?", metavar="SCRIPT", help="the guarded script")
+    _add_backend_and_target(status)
+
+    commands.add_parser("backends", help="list the backends and what their locks survive")
+    return parser
+
+
+def _add_backend_and_target(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--backend", metavar="NAME", help="the locking backend (see 'runalways backends')")
+    target = command.add_mutually_exclusive_group()
+    target.add_argument("--lock", metavar="PATH", help="lock this file (created if missing)")
+    target.add_argument("--name", metavar="NAME", help="lock a file of this name in the private lock directory")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        if arguments.command == "run":
+            return _run(arguments)
+        if arguments.command == "status":
+            return _status(arguments)
+        return _backends()
+    except RunAlwaysError as error:
+        _policy.fail(str(error))
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    command = arguments.argv[1:] if arguments.argv[:1] == ["--"] else arguments.argv
+    if not command:
+        raise SettingError("no command to run; usage: runalways run [OPTIONS] -- COMMAND [ARGS...]")
+    executable = shutil.which(command[0])
+    if executable is None:
+        raise SettingError(f"cannot run {command[0]!r}: command not found")
+    chosen = _policy.options(
+        os.environ,
+        backend=arguments.backend,
+        silent=arguments.silent or None,
+        retry=arguments.retry,
+        wait=arguments.wait,
+        environment_wins=False,
+    )
+    display = shlex.join(command)
+    if arguments.lock or arguments.name:
+        target = _target(arguments)
+    else:
+        # The same program with the same arguments is the same job, however it was
+        # spelt: "./job.sh" and "/srv/job.sh" share a lock (run-one keys on the string).
+        identity = "\0".join([os.path.realpath(executable), *command[1:]])
+        target = Target(None, display=display, name=identity)
+    policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
+    if not _policy.skipped(chosen, display):
+        _policy.enforce(policy, target, chosen)
+    return _supervise([executable, *command[1:]], command[0])
+
+
+def _supervise(argv: list[str], shown: str) -> int:
+    """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status."""
+    import signal
+    import subprocess
+
+    child: list[subprocess.Popen[bytes]] = []
+    pending: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if child:
+            child[0].send_signal(signum)
+        else:  # arrived before the child existed: deliver it as soon as it does
+            pending.append(signum)
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for forwarded_signal in forwarded:
+        signal.signal(forwarded_signal, forward)
+    try:
+        # The lock descriptor is close-on-exec: the command never holds the lock itself,
+        # so a daemon it leaves behind cannot keep the next run out.
+        child.append(subprocess.Popen([shown, *argv[1:]], executable=argv[0]))
+    except OSError as error:
+        raise SettingError(f"cannot run {shown!r}: {error.strerror}") from None
+    for signum in pending:
+        child[0].send_signal(signum)
+    status = child[0].wait()
+    return status if status >= 0 else 128 - status
+
+
+def _target(arguments: argparse.Namespace) -> Target:
+    if arguments.lock:
+        return Target(arguments.lock, display=arguments.lock, name=os.path.basename(arguments.lock), create=True)
+    if arguments.name:
+        return Target(None, display=arguments.name, name=arguments.name)
+    script = arguments.script
+    if not os.path.isfile(script):
+        raise SettingError(f"{script!r} is not a file; give the script a guarded copy runs from")
+    return Target(script, display=script, name=os.path.basename(script))
+
+
+def _status(arguments: argparse.Namespace) -> int:
+    given = [bool(arguments.script), bool(arguments.lock), bool(arguments.name)]
+    if sum(given) != 1:
+        raise SettingError("give one of SCRIPT, --lock PATH or --name NAME")
+    chosen = _policy.options(os.environ, backend=arguments.backend, environment_wins=False)
+    target = _target(arguments)
+    holder = chosen.backend(target).holder()
+    backend = chosen.backend.name
+    if holder is None:
+        print(f"'{target.display}' is not running (backend {backend})")
+        return NOT_RUNNING
+    print(f"'{target.display}' is running: {holder.describe()} (backend {backend})")
+    if holder.command:
+        print(f"  command: {holder.command}")
+    return 0
+
+
+def _backends() -> int:
+    for name in names():
+        backend = get_class(name)
+        reason = backend.unavailable()
+        module = sys.modules[backend.__module__]
+        summary = (module.__doc__ or backend.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}: {'usable' if reason is None else 'unavailable: ' + reason}")
+        print(f"  {summary}")
+        facts = backend.capabilities.as_dict()
+        print("  " + ", ".join(f"{key}={value}" for key, value in facts.items()))
+    return 0

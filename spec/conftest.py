@@ -1,0 +1,78 @@
+"""Conformance suite set-up: one run per backend, real processes, clause bookkeeping.
+
+``pytest spec`` runs every case for every registered backend that can work on this
+machine; ``pytest spec --backend NAME`` (repeatable) runs a chosen one, such as a
+third-party backend registered under the ``runalways.backends`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "conformance"))
+
+from harness import Procs
+
+from runalways.backends import get_class, names
+
+#: Where the matrix generator (spec/matrix.py) collects observed outcomes.
+MATRIX_OUT = "SPEC_MATRIX_OUT"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run the conformance suite for this backend only (repeatable; default: every usable one)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clause(*ids): the SPEC.md clauses this test verifies")
+
+
+def chosen_backends(config: pytest.Config) -> list[str]:
+    chosen: list[str] = config.getoption("--backend")
+    if chosen:
+        return chosen
+    return [name for name in names() if get_class(name).unavailable() is None]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", chosen_backends(metafunc.config))
+
+
+@pytest.fixture
+def procs(backend: str, tmp_path: Path) -> Iterator[Procs]:
+    started = Procs(backend, tmp_path)
+    try:
+        yield started
+    finally:
+        started.reap()
+
+
+@pytest.fixture
+def capabilities(backend: str) -> object:
+    return get_class(backend).capabilities
+
+
+@pytest.fixture
+def observe(backend: str, request: pytest.FixtureRequest) -> object:
+    """Record an observed outcome for spec/MATRIX.md: ``observe("case", "outcome")``."""
+
+    def record(case: str, outcome: str) -> None:
+        destination = os.environ.get(MATRIX_OUT)
+        if destination:
+            with open(destination, "a") as out:
+                out.write(json.dumps({"backend": backend, "case": case, "outcome": outcome}) + "\n")
+
+    return record
