@@ -89,8 +89,8 @@ def main_importer(frame: FrameType, wanted: str) -> dict[str, Any] | None:
     if statement is None:
         return None
     name, fromlist = statement
-    if wanted == "runalways":
-        return caller.f_globals if name == "runalways" and fromlist is None else None
+    if "." not in wanted:  # the package itself: only a plain ``import runalways [as x]``
+        return caller.f_globals if name == wanted and fromlist is None else None
     package, _, submodule = wanted.rpartition(".")
     if name == wanted or (name == package and fromlist is not None and submodule in fromlist):
         return caller.f_globals

@@ -125,6 +125,7 @@ def _run(arguments: argparse.Namespace) -> int:
     display = shlex.join(command)
     if arguments.lock or arguments.name:
         target = _target(arguments)
+        target.display = display  # messages name the command, whatever the lock is called
     else:
         # The same program with the same arguments is the same job, however it was
         # spelt: "./job.sh" and "/srv/job.sh" share a lock (run-one keys on the string).
@@ -197,10 +198,9 @@ def _backends() -> int:
     for name in names():
         backend = get_class(name)
         reason = backend.unavailable()
-        module = sys.modules[backend.__module__]
-        summary = (module.__doc__ or backend.__doc__ or "").strip().splitlines()[0]
+        about = (sys.modules[backend.__module__].__doc__ or backend.__doc__ or "").strip()
         print(f"{name}: {'usable' if reason is None else 'unavailable: ' + reason}")
-        print(f"  {summary}")
+        print(f"  {about.splitlines()[0] if about else '(no description)'}")
         facts = backend.capabilities.as_dict()
         print("  " + ", ".join(f"{key}={value}" for key, value in facts.items()))
     return 0

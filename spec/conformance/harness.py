@@ -54,10 +54,14 @@ class Procs:
     def __init__(self, backend: str, workdir: Path) -> None:
         self.backend = backend
         self.workdir = workdir
-        self.started: list[subprocess.Popen[str]] = []
+        self.started: list[subprocess.Popen[bytes]] = []
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        return clean_environment({"RUNALWAYS_BACKEND": self.backend, **(extra or {})})
+        # Each test gets its own private lock directory, so named locks of tests
+        # running in parallel (or of two test runs at once) never meet.
+        locks = self.workdir / "locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
+        return clean_environment({"RUNALWAYS_BACKEND": self.backend, "RUNALWAYS_DIR": str(locks), **(extra or {})})
 
     def script(self, name: str, body: str = HOLD, header: str = "import runalways\n") -> Path:
         """Write a script whose first line is ``header`` and whose rest is ``body``."""
@@ -71,34 +75,32 @@ class Procs:
         argv: Sequence[str | os.PathLike[str]],
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
-        **popen: object,
-    ) -> subprocess.Popen[str]:
+    ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
             [os.fspath(arg) for arg in argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
+            bufsize=0,  # unbuffered: read_line() must never read past the line it returns
             env=self.env(env),
             cwd=cwd or self.workdir,
-            **popen,  # type: ignore[call-overload]
         )
         self.started.append(process)
         return process
 
-    def python(self, *args: str | os.PathLike[str], **kwargs: object) -> subprocess.Popen[str]:
-        return self.start([sys.executable, *args], **kwargs)  # type: ignore[arg-type]
+    def python(self, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self.start([sys.executable, *args], env=env)
 
-    def run(self, argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> Outcome:
+    def run(self, argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None = None) -> Outcome:
         """Run to completion (stdin closed at once) and return what it did."""
-        return finish(self.start(argv, **kwargs))  # type: ignore[arg-type]
+        return finish(self.start(argv, env=env))
 
-    def run_python(self, *args: str | os.PathLike[str], **kwargs: object) -> Outcome:
-        return self.run([sys.executable, *args], **kwargs)
+    def run_python(self, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Outcome:
+        return self.run([sys.executable, *args], env=env)
 
-    def hold(self, *args: str | os.PathLike[str], **kwargs: object) -> subprocess.Popen[str]:
+    def hold(self, *args: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start a holder and return once it holds the lock (it printed ``ready``)."""
-        process = self.python(*args, **kwargs)
+        process = self.python(*args, env=env)
         wait_for_line(process, "ready")
         return process
 
@@ -112,33 +114,55 @@ class Procs:
                 pass
 
 
-def finish(process: subprocess.Popen[str], stdin: str = "") -> Outcome:
+def finish(process: subprocess.Popen[bytes], stdin: str = "") -> Outcome:
     """Close stdin (a holder then exits), wait with a timeout, and collect the output."""
     try:
-        stdout, stderr = process.communicate(stdin, timeout=TIMEOUT)
+        stdout, stderr = process.communicate(stdin.encode(), timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         stdout, stderr = process.communicate()
         raise AssertionError(f"process did not finish within {TIMEOUT} s: {stdout!r} {stderr!r}") from None
-    return Outcome(process.returncode, stdout, stderr)
+    return Outcome(process.returncode, stdout.decode(), stderr.decode())
 
 
-def wait_for_line(process: subprocess.Popen[str], expected: str, timeout: float = TIMEOUT) -> str:
-    """Read stdout lines until one equals ``expected``; fail on EOF or after ``timeout``."""
+def send(process: subprocess.Popen[bytes], text: str) -> None:
+    assert process.stdin is not None
+    process.stdin.write(text.encode())
+    process.stdin.flush()
+
+
+def read_line(process: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> str:
+    """The next line of the process's stdout, or "" at its end; fails after ``timeout``.
+
+    Reads a byte at a time from the unbuffered pipe, so that nothing after the line is
+    swallowed into a buffer that select() cannot see.
+    """
     assert process.stdout is not None
+    descriptor = process.stdout.fileno()
     deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([process.stdout], [], [], max(left, 0))
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([descriptor], [], [], max(deadline - time.monotonic(), 0))
         if not ready:
             process.kill()
-            raise AssertionError(f"no {expected!r} line within {timeout} s")
-        line = process.stdout.readline()
+            raise AssertionError(f"no complete line within {timeout} s (got {bytes(line)!r})")
+        byte = os.read(descriptor, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode()
+
+
+def wait_for_line(process: subprocess.Popen[bytes], expected: str, timeout: float = TIMEOUT) -> None:
+    """Read stdout lines until one equals ``expected``; fail at the end of output or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = read_line(process, max(deadline - time.monotonic(), 0))
         if not line:
-            _, stderr = process.communicate(timeout=TIMEOUT)
-            raise AssertionError(f"process ended (status {process.returncode}) before {expected!r}: {stderr!r}")
+            outcome = finish(process)
+            raise AssertionError(f"process ended (status {outcome.returncode}) before {expected!r}: {outcome!r}")
         if line.rstrip("\n") == expected:
-            return line
+            return
 
 
 def wait_until(condition: object, what: str, timeout: float = TIMEOUT) -> None:
@@ -152,7 +176,7 @@ def wait_until(condition: object, what: str, timeout: float = TIMEOUT) -> None:
         pause = min(pause * 2, 0.05)
 
 
-def kill(process: subprocess.Popen[str], signum: int = signal.SIGKILL) -> None:
+def kill(process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
     process.send_signal(signum)
     process.wait(timeout=TIMEOUT)
 

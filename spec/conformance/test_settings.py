@@ -1,0 +1,127 @@
+"""R1.5, R3: settings from the environment, good and bad, and scripts with no file."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+from harness import HOLD, Procs, finish, read_line
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    assert stderr.startswith("runalways: ") and stderr.endswith("\n"), stderr
+    assert stderr.count("\n") == 1, f"not one line: {stderr!r}"
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in stderr, (fragment, stderr)
+
+
+@pytest.mark.clause("R1.5")
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_no_script_file_exits_2_and_runs_nothing(procs: Procs, how: str) -> None:
+    code = "import runalways\nprint('body')\n"
+    outcome = procs.run_python("-c", code) if how == "-c" else finish(procs.python("-"), stdin=code)
+    assert outcome.returncode == 2 and outcome.stdout == ""
+    assert_one_line_error(outcome.stderr, "no script file to lock", "save the code in a file")
+
+
+@pytest.mark.clause("R1.6")
+def test_interactive_session_gets_an_exception_and_survives(procs: Procs) -> None:
+    session = finish(procs.python("-i", "-q"), stdin="import runalways\nprint('still here')\n")
+    assert "NoScriptError" in session.stderr
+    assert "still here" in session.stdout
+    assert session.returncode == 0
+
+
+@pytest.mark.clause("R3.1")
+def test_unknown_backend_lists_the_known_ones(procs: Procs) -> None:
+    job = procs.script("job.py", "print('body')\n")
+    outcome = procs.run_python(job, env={"RUNALWAYS_BACKEND": "no-such-backend"})
+    assert outcome.returncode == 2 and outcome.stdout == ""
+    assert_one_line_error(outcome.stderr, "RUNALWAYS_BACKEND='no-such-backend'", "choose one of:", procs.backend)
+
+
+BAD_VALUES = [
+    ("RUNALWAYS_SILENT", "maybe", "1/true/yes/on"),
+    ("RUNALWAYS_RETRY", "many", "N or N,S"),
+    ("RUNALWAYS_RETRY", "3,0", "N or N,S"),
+    ("RUNALWAYS_RETRY", "-1", "N or N,S"),
+    ("RUNALWAYS_RETRY", "2,nan", "N or N,S"),
+    ("RUNALWAYS_SKIP", "3", "0 (check), 1 (skip the check) or 2"),
+    ("RUNALWAYS_SILNET", "1", "not a runalways setting"),
+]
+
+
+@pytest.mark.clause("R3.5")
+@pytest.mark.parametrize(("variable", "value", "allowed"), BAD_VALUES)
+def test_bad_setting_is_one_line_and_exit_2(procs: Procs, variable: str, value: str, allowed: str) -> None:
+    job = procs.script("job.py", "print('body')\n")
+    outcome = procs.run_python(job, env={variable: value})
+    assert outcome.returncode == 2 and outcome.stdout == ""
+    assert_one_line_error(outcome.stderr, variable, allowed)
+
+
+@pytest.mark.clause("R3.2")
+@pytest.mark.parametrize("value", ["0", "false", "No", "off", ""])
+def test_not_silent_values_keep_the_start_line(procs: Procs, value: str) -> None:
+    job = procs.script("job.py", "print('body')\n")
+    outcome = procs.run_python(job, env={"RUNALWAYS_SILENT": value})
+    assert outcome.returncode == 0 and outcome.stderr.startswith(f"'{job}' has been started at ")
+
+
+HANDOVER = [(0.01, "under 10 ms"), (0.1, "under 100 ms"), (1.0, "under 1 s"), (float("inf"), "1 s or more")]
+
+
+@pytest.mark.clause("R3.3")
+def test_retry_gets_in_when_the_holder_ends(procs: Procs, observe: Callable[[str, str], None]) -> None:
+    job = procs.script("job.py")
+    holder = procs.hold(job)
+    waiter = procs.python(job, env={"RUNALWAYS_RETRY": "60,0.5"})
+    # While the holder runs, the waiter waits: it has not said "ready" and is still alive.
+    assert waiter.poll() is None
+    released = time.monotonic()
+    finish(holder)
+    assert read_line(waiter) == "ready\n"
+    handover = time.monotonic() - released
+    speed = next(label for limit, label in HANDOVER if handover < limit)
+    observe("waiter's start after the holder exits (wait mode)", speed)
+    finish(waiter)
+
+
+@pytest.mark.clause("R3.3")
+def test_retry_gives_up_after_n_times_s(procs: Procs) -> None:
+    job = procs.script("job.py", header="import runalways.alone\n")
+    holder = procs.hold(job)
+    started = time.monotonic()
+    outcome = procs.run_python(job, env={"RUNALWAYS_RETRY": "2,0.25"})
+    waited = time.monotonic() - started
+    assert (outcome.returncode, outcome.stderr) == (1, f"A copy of '{job}' is already running\n")
+    assert waited >= 0.5
+    finish(holder)
+
+
+@pytest.mark.clause("R3.4")
+def test_skip_1_runs_without_the_check(procs: Procs) -> None:
+    job = procs.script("job.py", HOLD)
+    holder = procs.hold(job)
+    skipping = procs.run_python(job, env={"RUNALWAYS_SKIP": "1"})
+    assert (skipping.returncode, skipping.stdout, skipping.stderr) == (0, "ready\n", "")
+    finish(holder)
+
+
+@pytest.mark.clause("R3.4")
+def test_skip_2_runs_without_the_check_and_says_so(procs: Procs) -> None:
+    job = procs.script("job.py", "print('body')\n")
+    outcome = procs.run_python(job, env={"RUNALWAYS_SKIP": "2"})
+    assert outcome.returncode == 0 and outcome.stdout == "body\n"
+    assert outcome.stderr == f"Skipping the runalways check for '{job}' (RUNALWAYS_SKIP=2)\n"
+
+
+@pytest.mark.clause("R3.6")
+def test_empty_values_count_as_unset(procs: Procs) -> None:
+    job = procs.script("job.py", "print('body')\n")
+    empty = {name: "" for name in ("RUNALWAYS_SILENT", "RUNALWAYS_RETRY", "RUNALWAYS_SKIP")}
+    outcome = procs.run_python(job, env=empty)
+    assert outcome.returncode == 0 and outcome.stdout == "body\n"
+    assert outcome.stderr.startswith(f"'{job}' has been started at ")

@@ -1,0 +1,124 @@
+"""Unit tests of how the guard recognises the main script's ``import runalways``.
+
+A throw-away package records, from its ``__init__``, what ``main_importer`` says about the
+statement that imported it; the statements run as real code of a ``__main__`` module.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from runalways import _script
+
+PROBE = """
+import sys
+from runalways import _script
+frame = sys._getframe()
+_script_results = sys.modules["_probe_results"]
+_script_results.plain = _script.main_importer(frame, "probe") is not None
+_script_results.statement = _script.import_statement(_script.importer(frame))
+"""
+
+SUBMODULE = """
+import sys
+from runalways import _script
+sys.modules["_probe_results"].sub = _script.main_importer(sys._getframe(), "probe.sub") is not None
+"""
+
+
+class Results:
+    plain: bool
+    sub: bool
+    statement: Any
+
+
+@pytest.fixture
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Results]:
+    package = tmp_path / "probe"
+    package.mkdir()
+    (package / "__init__.py").write_text(PROBE)
+    (package / "sub.py").write_text(SUBMODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = Results()
+    results.sub = False
+    monkeypatch.setitem(sys.modules, "_probe_results", results)
+    yield results
+    for name in ("probe", "probe.sub"):
+        sys.modules.pop(name, None)
+
+
+def run_as_main(source: str, name: str = "__main__") -> None:
+    exec(compile(textwrap.dedent(source), "<main>", "exec"), {"__name__": name})
+
+
+@pytest.mark.parametrize(
+    ("source", "plain", "sub", "statement"),
+    [
+        ("import probe", True, False, ("probe", None)),
+        ("import probe as p", True, False, ("probe", None)),
+        ("def f():\n    import probe\nf()", True, False, ("probe", None)),
+        ("import probe.sub", False, True, ("probe.sub", None)),
+        ("from probe import sub", False, True, ("probe", ("sub",))),
+        ("from probe.sub import sys", False, True, ("probe.sub", ("sys",))),
+        ("from probe import *", False, False, ("probe", ("*",))),
+    ],
+)
+def test_the_statement_is_read_from_the_importing_frame(
+    probe: Results, source: str, plain: bool, sub: bool, statement: object
+) -> None:
+    run_as_main(source)
+    assert (probe.plain, probe.sub, probe.statement) == (plain, sub, statement)
+
+
+def test_a_module_that_is_not_main_guards_nothing(probe: Results) -> None:
+    run_as_main("import probe", name="library")
+    assert probe.plain is False
+
+
+def test_unknown_bytecode_layouts_are_decoded_with_dis(probe: Results, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_script, "_OPCODES", {})  # as on a Python version not in the table
+    run_as_main("from probe import sub")
+    assert probe.statement == ("probe", ("sub",))
+    assert (probe.plain, probe.sub) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("argv0", "how"),
+    [("-c", "given the code with -c"), ("-", "from standard input"), ("", "from standard input"), ("x", "no file")],
+)
+def test_no_script_messages_say_why_and_what_to_do(argv0: str, how: str) -> None:
+    message = _script.no_script_message(argv0)
+    assert how in message and "save the code in a file and run that file" in message
+
+
+def test_the_main_script_file_is_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["./job.py"])
+    target = _script.script_target({"__file__": "/srv/jobs/job.py"})
+    assert (target.path, target.display, target.name) == ("/srv/jobs/job.py", "./job.py", "job.py")
+
+
+def test_a_zipapp_locks_its_archive(monkeypatch: pytest.MonkeyPatch) -> None:
+    class ZipLoader:
+        archive = "/srv/app.pyz"
+
+    monkeypatch.setattr(sys, "argv", ["app.pyz"])
+    target = _script.script_target({"__file__": "/srv/app.pyz/__main__.py", "__loader__": ZipLoader()})
+    assert (target.path, target.name) == ("/srv/app.pyz", "app.pyz")
+
+
+def test_a_frozen_application_locks_its_executable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert _script.script_target({}).path == sys.executable
+
+
+@pytest.mark.parametrize("file", [None, "<stdin>", "<string>"])
+def test_code_without_a_file_has_no_target(file: str | None) -> None:
+    from runalways.errors import NoScriptError
+
+    with pytest.raises(NoScriptError, match="no script file to lock"):
+        _script.script_target({"__file__": file} if file else {})
