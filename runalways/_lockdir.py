@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 
+from runalways.backends.base import Target
 from runalways.errors import SettingError
 
 
@@ -66,8 +67,59 @@ def _ensure(path: str, what: str) -> str:
     return path
 
 
-def lock_file_for(name: str) -> str:
-    """``<dir>/<readable part of name>-<hash>.lock``: distinct names never share a file."""
-    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_.")[-48:]
-    return os.path.join(directory(), f"{readable or 'lock'}-{digest}.lock")
+def lock_file_for(key: str, readable: str | None = None, suffix: str = ".lock") -> str:
+    """``<dir>/<readable>-<hash of key><suffix>``: distinct keys never share a file.
+
+    ``readable`` (default: the key) is what a person sees in the name.
+    """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    shown = "".join(c if c.isalnum() or c in "-_." else "_" for c in readable or key).strip("_.")[-48:]
+    return os.path.join(directory(), f"{shown or 'lock'}-{digest}{suffix}")
+
+
+def lock_file_target(path: str, display: str, name: str) -> Target:
+    """A lock file the user named (RUNALWAYS_LOCK=PATH, --lock, ``path=``).
+
+    Its directory must pass the same rules as the private directory: in a directory
+    others can write to, they could plant a symlink or a file of theirs at that path.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        problem = _problem(os.stat(folder))
+    except OSError as error:
+        raise SettingError(f"cannot use the lock file {path!r}: its directory: {error.strerror}") from None
+    if problem is not None:
+        raise SettingError(
+            f"cannot use the lock file {path!r}: its directory {problem}, so others could plant or hold "
+            "the file: choose a directory only you can write to, or RUNALWAYS_LOCK=private"
+        )
+    return Target(path, display=display, name=name, create=True, private=True)
+
+
+def private_target(script: Target, lock: str | None, identity: str) -> Target:
+    """The lock file that stands for ``script`` when it is not the script itself.
+
+    ``lock`` is a path (RUNALWAYS_LOCK=PATH) or "private"; ``identity`` says what makes
+    two starts the same job: "inode" (the script's file, as the default lock: links
+    share it, a replaced script is a new job) or "path" (the resolved path: a deploy
+    that replaces the file is still the same job).
+    """
+    assert script.path is not None
+    if lock not in (None, "private"):
+        if identity == "path":
+            raise SettingError(
+                f"RUNALWAYS_IDENTITY=path picks its own lock file and RUNALWAYS_LOCK={lock!r} names another: "
+                "unset one of them"
+            )
+        return lock_file_target(lock, script.display, script.name)
+    if identity == "path":
+        key = "path:" + os.path.realpath(script.path)
+    else:
+        try:
+            status = os.stat(script.path)
+        except OSError as error:
+            raise SettingError(f"cannot find the script {script.path!r}: {error.strerror}") from None
+        key = f"inode:{status.st_dev}:{status.st_ino}"
+    return Target(
+        lock_file_for(key, os.path.basename(script.path)), script.display, script.name, create=True, private=True
+    )

@@ -10,6 +10,10 @@ import os
 
 from runalways.backends.base import Holder
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
+
 
 def lock_holders(device: int, inode: int) -> list[tuple[str, int]] | None:
     """``(kind, pid)`` of every granted lock on the file, from /proc/locks.
@@ -22,7 +26,7 @@ def lock_holders(device: int, inode: int) -> list[tuple[str, int]] | None:
             lines = listing.read().splitlines()
     except OSError:
         return None
-    wanted = f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+    wanted = _file_id(device, inode)
     found = []
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters have "->" after the
@@ -38,6 +42,59 @@ def lock_holders(device: int, inode: int) -> list[tuple[str, int]] | None:
     return found
 
 
+def _file_id(device: int, inode: int) -> str:
+    """How /proc/locks and fdinfo name a file: ``fd:01:1234`` (major:minor:inode)."""
+    return f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+
+
+def lock_holder(device: int, inode: int, kind: str, pid: int) -> Holder:
+    """A Holder for the ``kind`` lock /proc/locks lists on the file with ``pid``.
+
+    /proc/locks gives -1 for an OFD lock, and for flock the process that took the lock,
+    which may be gone while a fork child (a daemonised job) holds it on. Then the owner
+    is whoever has a descriptor whose fdinfo shows the lock.
+    """
+    if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+        owners = description_holders(device, inode, kind)
+        if not owners:
+            return Holder(kind=kind)
+        pid = owners[0]
+    holder = describe_process(pid)
+    holder.kind = kind
+    return holder
+
+
+def description_holders(device: int, inode: int, kind: str) -> list[int]:
+    """Pids (lowest first) with a descriptor on the file whose fdinfo lists a ``kind`` lock.
+
+    Reads the fdinfo of every descriptor it may see (Linux 4.1 and later list there the
+    locks of the descriptor's open file description): milliseconds on a desktop, and
+    only for ``status`` and the holder of a refused lock. Processes of other users are
+    invisible to an unprivileged caller.
+    """
+    wanted = _file_id(device, inode)
+    found: list[int] = []
+    for pid, descriptor in open_descriptors():
+        if found and found[-1] == pid:
+            continue
+        # fdinfo alone, never a stat of the descriptor's file: that would hang on a
+        # descriptor of a dead NFS mount, and the lock line names the file anyway.
+        try:
+            with open(descriptor.replace("/fd/", "/fdinfo/", 1)) as info:
+                lines = info.read().splitlines()
+        except OSError:
+            continue
+        if any(line.startswith("lock:") and _lock_fields(line) == (kind, wanted) for line in lines):
+            found.append(pid)
+    return found
+
+
+def _lock_fields(line: str) -> tuple[str, str]:
+    """(kind, file) of an fdinfo lock line: ``lock:  1: OFDLCK ADVISORY  WRITE -1 fe:00:2146498 0 EOF``."""
+    fields = line.split()
+    return (fields[2], fields[6]) if len(fields) > 6 else ("", "")
+
+
 def boot_time() -> float | None:
     try:
         with open("/proc/stat") as stat:
@@ -51,6 +108,15 @@ def boot_time() -> float | None:
 
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks after boot (field 22 of /proc/PID/stat)."""
+    status = process_status(pid)
+    return None if status is None else status[1]
+
+
+def process_status(pid: int) -> tuple[str, int] | None:
+    """``(state, start ticks)`` of ``pid`` (fields 3 and 22 of /proc/PID/stat), or None.
+
+    State "Z" is a zombie: dead, though its pid is not free yet.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
@@ -58,7 +124,22 @@ def start_ticks(pid: int) -> int | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return fields[0].decode(), int(fields[19])
+
+
+def start_epoch(ticks: int) -> float | None:
+    """Epoch seconds of a process start given in clock ticks after boot."""
+    booted = boot_time()
+    return None if booted is None else booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def boot_id() -> str | None:
+    """This boot's random id: a pid or a start time recorded before a reboot means nothing now."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as found:
+            return found.read().strip()
+    except OSError:
+        return None
 
 
 def describe_process(pid: int) -> Holder:
@@ -70,9 +151,8 @@ def describe_process(pid: int) -> Holder:
         return holder  # gone, or in another pid namespace
     holder.user = user_name(uid)
     ticks = start_ticks(pid)
-    booted = boot_time()
-    if ticks is not None and booted is not None:
-        holder.since = booted + ticks / os.sysconf("SC_CLK_TCK")
+    if ticks is not None:
+        holder.since = start_epoch(ticks)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             words = cmdline.read().rstrip(b"\0").split(b"\0")
@@ -89,3 +169,40 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
         return str(uid)
+
+
+def open_descriptors() -> Iterator[tuple[int, str]]:
+    """``(pid, /proc/PID/fd/N)`` for every descriptor of every process we may look at."""
+    try:
+        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return
+    for pid in sorted(pids):
+        folder = f"/proc/{pid}/fd"
+        try:
+            descriptors = os.listdir(folder)
+        except OSError:  # gone, or another user's
+            continue
+        for fd in descriptors:
+            yield pid, f"{folder}/{fd}"
+
+
+def replaced_holders(path: str) -> list[Holder]:
+    """Processes holding a lock on a file that was at ``path`` and has been replaced.
+
+    A deploy that renames a new script over a running one leaves the running copy
+    holding its lock on the old, now nameless file: the kernel shows the descriptor as
+    ``<path> (deleted)``, with no link left (st_nlink == 0). A second copy can start.
+    """
+    orphaned = os.path.realpath(path) + " (deleted)"
+    found: dict[int, Holder] = {}
+    for pid, descriptor in open_descriptors():
+        try:
+            if pid in found or os.readlink(descriptor) != orphaned:
+                continue
+            status = os.stat(descriptor)
+        except OSError:
+            continue
+        if status.st_nlink == 0 and lock_holders(status.st_dev, status.st_ino):
+            found[pid] = describe_process(pid)
+    return list(found.values())

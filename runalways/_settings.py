@@ -19,7 +19,24 @@ if TYPE_CHECKING:
 PREFIX = "RUNALWAYS_"
 
 #: The variables the core reads; a backend adds its own (Backend.settings).
-CORE_VARIABLES = ("RUNALWAYS_BACKEND", "RUNALWAYS_SILENT", "RUNALWAYS_RETRY", "RUNALWAYS_SKIP", "RUNALWAYS_DIR")
+CORE_VARIABLES = (
+    "RUNALWAYS_BACKEND",
+    "RUNALWAYS_SILENT",
+    "RUNALWAYS_RETRY",
+    "RUNALWAYS_SKIP",
+    "RUNALWAYS_DIR",
+    "RUNALWAYS_LOCK",
+    "RUNALWAYS_IDENTITY",
+    "RUNALWAYS_FORK",
+    "RUNALWAYS_CONFLICT_EXIT",
+    # Not a setting but an output: `runalways run` puts the fencing token of its lock in
+    # the command's environment (runalways.api.token() reads it there), and a guarded
+    # script that the command starts must not be refused for it.
+    "RUNALWAYS_TOKEN",
+)
+
+IDENTITIES = ("inode", "path")
+FORK_POLICIES = ("inherit", "close")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -69,6 +86,20 @@ def parse_retry(value: RetryValue, where: str) -> Retry | None:
     return int(count_text), pause
 
 
+def parse_choice(text: str, where: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise SettingError(f"{where}={text!r} is not one of the choices; use {' or '.join(choices)}")
+    return value
+
+
+def parse_exit_code(text: str, where: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) > 255:
+        raise SettingError(f"{where}={text!r} is not an exit status; use a whole number from 0 to 255")
+    return int(value)
+
+
 def parse_skip(text: str, where: str) -> int:
     value = text.strip()
     if value not in ("0", "1", "2"):
@@ -81,15 +112,26 @@ def parse_skip(text: str, where: str) -> int:
 class FromEnvironment:
     """The settings given in the environment, parsed; an empty value counts as not set."""
 
-    __slots__ = ("backend", "retry", "silent", "skip")
+    __slots__ = ("backend", "conflict_exit", "fork", "identity", "lock", "retry", "silent", "skip")
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self.backend: str | None = environ.get("RUNALWAYS_BACKEND", "").strip() or None
-        silent = environ.get("RUNALWAYS_SILENT", "")
-        self.silent: bool | None = parse_bool(silent, "RUNALWAYS_SILENT") if silent else None
-        self.retry: Retry | None = parse_retry(environ.get("RUNALWAYS_RETRY") or None, "RUNALWAYS_RETRY")
-        skip = environ.get("RUNALWAYS_SKIP", "")
-        self.skip: int = parse_skip(skip, "RUNALWAYS_SKIP") if skip else 0
+        def given(variable: str) -> str | None:
+            return environ.get(variable, "").strip() or None
+
+        self.backend = given("RUNALWAYS_BACKEND")
+        silent = given("RUNALWAYS_SILENT")
+        self.silent = None if silent is None else parse_bool(silent, "RUNALWAYS_SILENT")
+        self.retry = parse_retry(given("RUNALWAYS_RETRY"), "RUNALWAYS_RETRY")
+        skip = given("RUNALWAYS_SKIP")
+        self.skip = 0 if skip is None else parse_skip(skip, "RUNALWAYS_SKIP")
+        #: "private", or the path of a lock file to use instead of the script.
+        self.lock = given("RUNALWAYS_LOCK")
+        identity = given("RUNALWAYS_IDENTITY")
+        self.identity = None if identity is None else parse_choice(identity, "RUNALWAYS_IDENTITY", IDENTITIES)
+        fork = given("RUNALWAYS_FORK")
+        self.fork = None if fork is None else parse_choice(fork, "RUNALWAYS_FORK", FORK_POLICIES)
+        conflict = given("RUNALWAYS_CONFLICT_EXIT")
+        self.conflict_exit = None if conflict is None else parse_exit_code(conflict, "RUNALWAYS_CONFLICT_EXIT")
 
 
 def check_unknown(environ: Mapping[str, str], known: tuple[str, ...]) -> None:

@@ -35,6 +35,7 @@ import sys
 from contextlib import contextmanager
 
 from runalways import _policy, _script
+from runalways._lockdir import lock_file_target
 from runalways.backends.base import Backend, Holder, Target
 from runalways.errors import AlreadyRunning, RunAlwaysError, SettingError
 
@@ -44,21 +45,30 @@ if TYPE_CHECKING:
 
     from runalways._settings import RetryValue
 
-__all__ = ["AlreadyRunning", "Backend", "Holder", "RunAlwaysError", "guard", "lock", "target"]
+__all__ = ["AlreadyRunning", "Backend", "Holder", "RunAlwaysError", "guard", "handover", "lock", "target", "token"]
 
 
-def target(path: str | None = None, name: str | None = None) -> Target:
-    """The lock target: a lock file at ``path``, a named lock, or the main script."""
+def target(path: str | None = None, name: str | None = None, chosen: _policy.Options | None = None) -> Target:
+    """The lock target: a lock file at ``path``, a named lock, or the main script.
+
+    For the main script, ``chosen`` settings may ask for a private lock file instead
+    (RUNALWAYS_LOCK, RUNALWAYS_IDENTITY).
+    """
     if path is not None and name is not None:
         raise SettingError("give path or name, not both")
     if path is not None:
-        return Target(path, display=path, name=os.path.basename(path), create=True)
+        if chosen is not None:
+            _policy.refuse_lock_file(chosen, "path=")
+        return lock_file_target(path, display=path, name=os.path.basename(path))
     if name is not None:
         if not name.strip():
             raise SettingError("name='' is empty; give the lock a name")
         return Target(None, display=name, name=name)
     main = sys.modules.get("__main__")
-    return _script.script_target(vars(main) if main is not None else {})
+    main_globals = vars(main) if main is not None else {}
+    if chosen is None:
+        return _script.script_target(main_globals)
+    return _policy.script_target(main_globals, chosen)
 
 
 def guard(
@@ -70,17 +80,31 @@ def guard(
     wait: float | None = None,
     path: str | None = None,
     name: str | None = None,
+    identity: str | None = None,
+    fork: str | None = None,
+    conflict_exit: int | None = None,
 ) -> Backend | None:
     """Apply ``policy`` ("always" or "alone") now; return the backend holding the lock.
 
     Another copy holds it: exit 0 ("always") or print ``A copy of '<script>' is already
-    running`` and exit 1 ("alone"). Returns None when RUNALWAYS_SKIP says to skip.
-    Calling it again for a lock this process holds returns the same backend.
+    running (<holder>)`` and exit 1 ("alone"), or exit ``conflict_exit``. Returns None
+    when RUNALWAYS_SKIP says to skip. Calling it again for a lock this process holds
+    returns the same backend. ``identity`` ("inode" or "path") and ``fork`` ("inherit"
+    or "close") are RUNALWAYS_IDENTITY and RUNALWAYS_FORK.
     """
     if policy not in (_policy.ALWAYS, _policy.ALONE):
         raise SettingError(f"policy={policy!r} is not a policy; use 'always' or 'alone'")
-    chosen = _policy.options(os.environ, backend=backend, silent=silent, retry=retry, wait=wait)
-    wanted = target(path, name)
+    chosen = _policy.options(
+        os.environ,
+        backend=backend,
+        silent=silent,
+        retry=retry,
+        wait=wait,
+        identity=identity,
+        fork=fork,
+        conflict_exit=conflict_exit,
+    )
+    wanted = target(path, name, chosen)
     for holding in _policy.held:
         if isinstance(holding, chosen.backend) and _same_target(holding.target, wanted):
             return holding
@@ -106,7 +130,7 @@ def lock(
 ) -> Iterator[Backend]:
     """Hold a lock for the ``with`` block; raise AlreadyRunning if another process has it."""
     chosen = _policy.options(os.environ, backend=backend, retry=retry, wait=wait)
-    wanted = target(path, name)
+    wanted = target(path, name, chosen)
     held = chosen.backend(wanted)
     if not held.take(chosen.timeout):
         holder = held.holder()
@@ -116,3 +140,34 @@ def lock(
         yield held
     finally:
         held.release()
+
+
+def handover(pid: int | None = None) -> None:
+    """Hand the locks this process took with ``import runalways`` or guard() to ``pid``.
+
+    For a job that daemonises with a backend whose lock names its holder (``pidfile``):
+    call it in the daemon after fork(), with no argument, *before the parent exits* (let
+    the parent wait for it, through a pipe), or in the parent with the child's pid. Locks
+    that fork children share anyway (fcntl) need nothing; a backend that cannot hand its
+    lock over raises LockFailed. A lock held with :func:`lock` is handed over with
+    ``held.handover()``.
+    """
+    for holding in _policy.held:
+        holding.handover(pid)
+
+
+def token() -> int | None:
+    """The fencing token of the lock this process holds, or None if its backend has none.
+
+    A token grows with every acquisition of a lock (the ``postgres`` backend has one): pass
+    it with each write to a resource that remembers the highest token it has seen and
+    refuses lower ones, and a holder that lost its lock can no longer write there, not
+    even a write already on its way. Under ``runalways run`` the command finds the token
+    of the wrapper's lock in RUNALWAYS_TOKEN; this function reads it there too. A lock
+    held with :func:`lock` has its own: ``with lock(...) as held: held.token``.
+    """
+    for holding in reversed(_policy.held):
+        if holding.token is not None:
+            return holding.token
+    inherited = os.environ.get("RUNALWAYS_TOKEN", "").strip()
+    return int(inherited) if inherited.isdigit() else None

@@ -20,9 +20,10 @@ import shutil
 import sys
 
 from runalways import _policy
-from runalways._settings import parse_retry, parse_seconds
+from runalways._lockdir import lock_file_target
+from runalways._settings import parse_exit_code, parse_retry, parse_seconds
 from runalways.backends import get_class, names
-from runalways.backends.base import Target
+from runalways.backends.base import Backend, Target
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from typing import NoReturn, Sequence
 
 NOT_RUNNING = 3
+
+#: How status names a lock of a kind /proc/locks lists.
+_LOCK_KINDS = {"FLOCK": "an flock", "POSIX": "a POSIX", "OFDLCK": "an OFD"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +45,13 @@ class _Parser(argparse.ArgumentParser):
 def _seconds(text: str) -> float:
     try:
         return parse_seconds(text, "--wait")
+    except SettingError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _exit_code(text: str) -> int:
+    try:
+        return parse_exit_code(text, "--conflict-exit-code")
     except SettingError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -73,6 +84,12 @@ def _parser() -> _Parser:
     waiting.add_argument("--wait", type=_seconds, metavar="SECONDS", help="wait up to SECONDS for the lock")
     waiting.add_argument("--retry", type=_retry, metavar="N[,S]", help="try N more times, S seconds apart (S=1)")
     run.add_argument("--silent", action="store_true", help="print no start or 'already running' line")
+    run.add_argument(
+        "--conflict-exit-code",
+        type=_exit_code,
+        metavar="N",
+        help="exit N when another copy holds the lock (default 0, or 1 with --alone), as flock -E",
+    )
     _add_backend_and_target(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
@@ -120,11 +137,12 @@ def _run(arguments: argparse.Namespace) -> int:
         silent=arguments.silent or None,
         retry=arguments.retry,
         wait=arguments.wait,
+        conflict_exit=arguments.conflict_exit_code,
         environment_wins=False,
     )
     display = shlex.join(command)
     if arguments.lock or arguments.name:
-        target = _target(arguments)
+        target = _target(arguments, chosen)
         target.display = display  # messages name the command, whatever the lock is called
     else:
         # The same program with the same arguments is the same job, however it was
@@ -132,13 +150,16 @@ def _run(arguments: argparse.Namespace) -> int:
         identity = "\0".join([os.path.realpath(executable), *command[1:]])
         target = Target(None, display=display, name=identity)
     policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
-    if not _policy.skipped(chosen, display):
-        _policy.enforce(policy, target, chosen)
-    return _supervise([executable, *command[1:]], command[0])
+    holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen)
+    return _supervise([executable, *command[1:]], command[0], holding)
 
 
-def _supervise(argv: list[str], shown: str) -> int:
-    """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status."""
+def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> int:
+    """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status.
+
+    The backend ``holding`` the lock may add to the command's environment (a fencing
+    token) and tie the command's life to ours (a backend that fences by killing us).
+    """
     import signal
     import subprocess
 
@@ -157,7 +178,14 @@ def _supervise(argv: list[str], shown: str) -> int:
     try:
         # The lock descriptor is close-on-exec: the command never holds the lock itself,
         # so a daemon it leaves behind cannot keep the next run out.
-        child.append(subprocess.Popen([shown, *argv[1:]], executable=argv[0]))
+        child.append(
+            subprocess.Popen(
+                [shown, *argv[1:]],
+                executable=argv[0],
+                env={**os.environ, **holding.child_environment()} if holding is not None else None,
+                preexec_fn=holding.child_preexec() if holding is not None else None,
+            )
+        )
     except OSError as error:
         raise SettingError(f"cannot run {shown!r}: {error.strerror}") from None
     for signum in pending:
@@ -166,9 +194,10 @@ def _supervise(argv: list[str], shown: str) -> int:
     return status if status >= 0 else 128 - status
 
 
-def _target(arguments: argparse.Namespace) -> Target:
+def _target(arguments: argparse.Namespace, chosen: _policy.Options) -> Target:
     if arguments.lock:
-        return Target(arguments.lock, display=arguments.lock, name=os.path.basename(arguments.lock), create=True)
+        _policy.refuse_lock_file(chosen, "--lock")
+        return lock_file_target(arguments.lock, display=arguments.lock, name=os.path.basename(arguments.lock))
     if arguments.name:
         return Target(None, display=arguments.name, name=arguments.name)
     script = arguments.script
@@ -182,16 +211,40 @@ def _status(arguments: argparse.Namespace) -> int:
     if sum(given) != 1:
         raise SettingError("give one of SCRIPT, --lock PATH or --name NAME")
     chosen = _policy.options(os.environ, backend=arguments.backend, environment_wins=False)
-    target = _target(arguments)
-    holder = chosen.backend(target).holder()
+    target = _target(arguments, chosen)
+    asked = chosen.backend(target)
+    holder = asked.holder()
     backend = chosen.backend.name
     if holder is None:
-        print(f"'{target.display}' is not running (backend {backend})")
+        left = "" if asked.stale is None else f"; left behind by {asked.stale.describe()}"
+        print(f"'{target.display}' is not running (backend {backend}){left}")
+        if arguments.script and chosen.backend.capabilities.identity == "inode":
+            return _status_of_replaced(target)
         return NOT_RUNNING
-    print(f"'{target.display}' is running: {holder.describe()} (backend {backend})")
+    if holder.excludes:
+        print(f"'{target.display}' is running: {holder.describe()} (backend {backend})")
+    else:  # a copy started with another backend: flock and POSIX locks do not exclude each other
+        lock = _LOCK_KINDS.get(holder.kind or "", "another kind of")
+        by = "by " if holder.pid is not None else ""
+        held = f"held with {lock} lock {by}{holder.describe()}"
+        print(f"'{target.display}' is running: {held} (not excluded by the {backend} backend)")
     if holder.command:
         print(f"  command: {holder.command}")
     return 0
+
+
+def _status_of_replaced(target: Target) -> int:
+    """A copy may still run from a previous version of the script that was replaced."""
+    from runalways import _proc
+
+    assert target.path is not None
+    orphans = _proc.replaced_holders(target.path)
+    for holder in orphans:
+        print(
+            f"  but a copy started before the file was replaced still runs: {holder.describe()}; "
+            "a new copy can start beside it (RUNALWAYS_IDENTITY=path keeps deploys out)"
+        )
+    return 0 if orphans else NOT_RUNNING
 
 
 def _backends() -> int:

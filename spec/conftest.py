@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "conformance"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # pgserver: the test PostgreSQL
 
 from harness import Procs
 
@@ -51,13 +54,50 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", chosen_backends(metafunc.config))
 
 
+#: The postgres backend's lease in the suite: short, so that lease cases stay fast.
+POSTGRES_TTL = 3.0
+
+
+@pytest.fixture(scope="session")
+def postgres_settings() -> Iterator[dict[str, str]]:
+    """A PostgreSQL server of this worker's own, for the postgres backend's run of the suite."""
+    import pgserver
+
+    with pgserver.running(pgserver.required_bindir()) as server:
+        # A server younger than the lease makes every holder wait out the restart grace.
+        pgserver.wait_until_older_than(server.url, POSTGRES_TTL)
+        yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(POSTGRES_TTL)}
+
+
 @pytest.fixture
-def procs(backend: str, tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(backend, tmp_path)
+def procs(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
+    settings: dict[str, str] = request.getfixturevalue("postgres_settings") if backend == "postgres" else {}
+    started = Procs(backend, tmp_path, settings)
     try:
         yield started
     finally:
         started.reap()
+
+
+@pytest.fixture
+def fcntl_procs(tmp_path: Path) -> Iterator[Procs]:
+    """Processes for a case about the registry or the core, run once rather than per backend."""
+    started = Procs("fcntl", tmp_path)
+    try:
+        yield started
+    finally:
+        started.reap()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the unprivileged user can read (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="runalways-spec-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
 
 
 @pytest.fixture

@@ -22,6 +22,11 @@ ENTRY_POINT_GROUP = "runalways.backends"
 
 BUILTIN = {
     "fcntl": "runalways.backends.flock:FlockBackend",
+    "pidfile": "runalways.backends.pidfile:PidfileBackend",
+    "lockf": "runalways.backends.lockf:LockfBackend",
+    "ofd": "runalways.backends.ofd:OfdBackend",
+    "portalocker": "runalways.backends.portalock:PortalockerBackend",
+    "postgres": "runalways.backends.postgres:PostgresBackend",
 }
 
 

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 #: EWOULDBLOCK (== EAGAIN on Linux); POSIX lets fcntl(F_SETLK) answer EACCES too.
 CONTENTION = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
 
+#: Which kinds of lock in /proc/locks keep out a lock of each kind. On a local Linux file
+#: system flock(2) locks and POSIX record locks never conflict, while traditional POSIX
+#: and OFD locks do: the fcntl backend runs beside a lockf holder, ofd does not.
+EXCLUDED_BY = {"FLOCK": ("FLOCK",), "POSIX": ("POSIX", "OFDLCK"), "OFDLCK": ("POSIX", "OFDLCK")}
+
 
 class Capabilities:
     """What a backend's lock survives, declared as data.
@@ -41,6 +46,7 @@ class Capabilities:
         "kept_when_file_closed",
         "kept_when_replaced",
         "needs_write_access",
+        "other_users_can_hold",
     )
 
     def __init__(
@@ -53,6 +59,7 @@ class Capabilities:
         kept_when_file_closed: bool,
         needs_write_access: bool,
         across_hosts: bool,
+        other_users_can_hold: bool,
         crash_release_seconds: float,
     ) -> None:
         #: "inode": symlinks and hard links share the lock (Sys::RunAlways);
@@ -71,6 +78,9 @@ class Capabilities:
         self.needs_write_access = needs_write_access
         #: Copies on different hosts exclude each other.
         self.across_hosts = across_hosts
+        #: Another user who can run the script can take this lock, and so keep the job
+        #: from running (the trap of locking a script anyone may read).
+        self.other_users_can_hold = other_users_can_hold
         #: After SIGKILL of the holder, the lock is free again within this many seconds.
         self.crash_release_seconds = crash_release_seconds
 
@@ -81,7 +91,7 @@ class Capabilities:
 class Holder:
     """Who holds a lock, as far as the mechanism can know."""
 
-    __slots__ = ("command", "host", "pid", "since", "user")
+    __slots__ = ("command", "excludes", "host", "kind", "note", "pid", "since", "user")
 
     def __init__(
         self,
@@ -90,6 +100,8 @@ class Holder:
         since: float | None = None,
         host: str | None = None,
         command: str | None = None,
+        kind: str | None = None,
+        excludes: bool = True,
     ) -> None:
         self.pid = pid
         self.user = user
@@ -97,6 +109,13 @@ class Holder:
         self.since = since
         self.host = host
         self.command = command
+        #: The kind of lock /proc/locks shows (FLOCK, POSIX, OFDLCK), where known.
+        self.kind = kind
+        #: False for a lock of a kind the asking backend does not conflict with: a copy
+        #: started with another backend holds it, and would not keep this one out.
+        self.excludes = excludes
+        #: What else the mechanism knows: "on another host: never taken over", "stale: ...".
+        self.note: str | None = None
 
     def describe(self) -> str:
         """``pid 4242, user alice, since 2026-11-24 10:00:03`` (only what is known)."""
@@ -109,6 +128,8 @@ class Holder:
             parts.append(f"user {self.user}")
         if self.since is not None:
             parts.append("since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)))
+        if self.note is not None:
+            parts.append(self.note)
         return ", ".join(parts) if parts else "holder unknown"
 
 
@@ -148,6 +169,15 @@ class Backend:
     capabilities: ClassVar[Capabilities]
     #: Environment variables this backend reads, besides the core ones.
     settings: ClassVar[tuple[str, ...]] = ()
+    #: A fencing token, for backends that have one: a number that grows with every
+    #: acquisition of the lock, so a resource can refuse a holder older than the last it saw.
+    token: int | None = None
+    #: Set by holder() when it found what a holder that is gone left behind (a stale
+    #: pidfile), so that status can say so; None for locks that vanish with their holder.
+    stale: Holder | None = None
+    #: Why the job runs without holding the lock, when a setting let the backend take
+    #: it without the lock (the server was unreachable); the policy says so.
+    unlocked: str | None = None
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -180,6 +210,33 @@ class Backend:
     def holder(self) -> Holder | None:
         """Who holds the lock now, or None if nobody does. Never takes the lock."""
         raise NotImplementedError
+
+    def child_environment(self) -> dict[str, str]:
+        """Variables ``runalways run`` adds to the environment of the command it runs holding this lock."""
+        return {}
+
+    def child_preexec(self) -> Callable[[], None] | None:
+        """What ``runalways run``'s command runs between fork and exec, or None.
+
+        A backend that kills its own process to fence a lost lock uses it to make the
+        command die with runalways (it would otherwise outlive the lock).
+        """
+        return None
+
+    def close_in_forked_children(self) -> None:
+        """RUNALWAYS_FORK=close: children made by fork() must not hold this lock.
+
+        A no-op where a fork child never holds the lock anyway.
+        """
+
+    def handover(self, pid: int | None = None) -> None:
+        """Make the lock belong to ``pid`` (None: this process, a child after fork()).
+
+        A lock that fork children share needs nothing; a backend whose lock names its
+        holder (a pidfile) rewrites it; any other cannot hand its lock over.
+        """
+        if not self.capabilities.kept_by_fork_child:
+            raise LockFailed(f"the {self.name} backend cannot hand its lock to another process")
 
 
 class FileLockBackend(Backend):
@@ -221,8 +278,14 @@ class FileLockBackend(Backend):
     def _open_failure(self, path: str, error: OSError) -> str:
         why = error.strerror or str(error)
         hint = ""
-        if error.errno == errno.EACCES and self.capabilities.needs_write_access:
-            hint = f"; the {self.name} backend needs write access to the file: use RUNALWAYS_BACKEND=fcntl"
+        # EROFS too: a script on a read-only mount cannot be opened for writing either. Only
+        # when the file is readable, or flock would fail as well and the hint would mislead.
+        writing_refused = error.errno in (errno.EACCES, errno.EROFS) and os.access(path, os.R_OK)
+        if writing_refused and self.capabilities.needs_write_access:
+            hint = (
+                f"; the {self.name} backend needs write access to the file and the fcntl backend does not: "
+                "use RUNALWAYS_BACKEND=fcntl (--backend fcntl on the command line)"
+            )
         return f"cannot open {path!r} to lock it: {why}{hint}"
 
     def _close(self) -> None:
@@ -265,6 +328,17 @@ class FileLockBackend(Backend):
             self._unlock(self._fd)
             self._close()
 
+    def close_in_forked_children(self) -> None:
+        # The child closes its copy of the descriptor without unlocking: an unlock in
+        # the child would drop the parent's lock too (filelock #634, zc.lockfile PR #8),
+        # while a close only drops the child's reference to the open file description.
+        def forget() -> None:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+        os.register_at_fork(after_in_child=forget)
+
     def holder(self) -> Holder | None:
         from runalways import _proc
 
@@ -276,10 +350,16 @@ class FileLockBackend(Backend):
         found = _proc.lock_holders(status.st_dev, status.st_ino)
         if found is None:  # no /proc/locks: the kernel cannot tell us, ask the lock itself
             return self._probe()
-        for kind, pid in found:
-            if kind == self.proc_locks_kind:
-                return _proc.describe_process(pid)
-        return None
+        if not found:
+            return None
+        # A lock that keeps this backend out first. Else name a lock it does not see: a
+        # copy started with another backend runs beside it unnoticed (flock and POSIX
+        # locks do not exclude each other), and status should say so rather than "not running".
+        excluding = EXCLUDED_BY.get(self.proc_locks_kind, (self.proc_locks_kind,))
+        kind, pid = min(found, key=lambda entry: entry[0] not in excluding)
+        holder = _proc.lock_holder(status.st_dev, status.st_ino, kind, pid)
+        holder.excludes = kind in excluding
+        return holder
 
     def _probe(self) -> Holder | None:
         """Where the kernel lists no locks, test the lock with a second open (racy, documented)."""

@@ -10,8 +10,12 @@ enough, so a read-only script, or one owned by another user, can be locked too.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
+
+try:
+    import fcntl
+except ImportError:  # Windows: unavailable() says why, and `runalways backends` still lists it
+    fcntl = None  # type: ignore[assignment]
 
 from runalways.backends.base import Capabilities, FileLockBackend
 
@@ -27,8 +31,13 @@ class FlockBackend(FileLockBackend):
         kept_when_file_closed=True,
         needs_write_access=False,
         across_hosts=False,
+        other_users_can_hold=True,  # flock needs only read access to the script
         crash_release_seconds=0.0,
     )
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return "flock(2) is POSIX only; use the portalocker backend" if fcntl is None else None
 
     def _lock(self, fd: int, blocking: bool) -> None:
         operation = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB

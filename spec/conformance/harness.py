@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,9 +52,11 @@ class Outcome:
 class Procs:
     """Starts processes for one test and makes sure every one of them is gone after it."""
 
-    def __init__(self, backend: str, workdir: Path) -> None:
+    def __init__(self, backend: str, workdir: Path, settings: Mapping[str, str] | None = None) -> None:
         self.backend = backend
         self.workdir = workdir
+        #: What the backend needs besides its name (the postgres backend: its server).
+        self.settings = dict(settings or {})
         self.started: list[subprocess.Popen[bytes]] = []
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -61,7 +64,9 @@ class Procs:
         # running in parallel (or of two test runs at once) never meet.
         locks = self.workdir / "locks"
         locks.mkdir(mode=0o700, exist_ok=True)
-        return clean_environment({"RUNALWAYS_BACKEND": self.backend, "RUNALWAYS_DIR": str(locks), **(extra or {})})
+        return clean_environment(
+            {"RUNALWAYS_BACKEND": self.backend, "RUNALWAYS_DIR": str(locks), **self.settings, **(extra or {})}
+        )
 
     def script(self, name: str, body: str = HOLD, header: str = "import runalways\n") -> Path:
         """Write a script whose first line is ``header`` and whose rest is ``body``."""
@@ -184,3 +189,41 @@ def kill(process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None
 def lines(path: Path) -> Iterator[str]:
     if path.exists():
         yield from path.read_text().splitlines()
+
+
+def assert_already_running(stderr: str, display: str, holder_pid: int | None) -> None:
+    """The alone policy's line: ``A copy of '<display>' is already running``, then what the
+    mechanism knows of the holder in brackets; a pid it names must be the holder's."""
+    line = f"A copy of '{display}' is already running"
+    assert stderr.startswith(line) and stderr.endswith("\n") and stderr.count("\n") == 1, stderr
+    about = stderr[len(line) : -1]
+    assert about == "" or (about.startswith(" (") and about.endswith(")")), stderr
+    if "pid " in about and holder_pid is not None:
+        assert f"pid {holder_pid}," in about + ",", stderr
+
+
+#: The unprivileged user the permission cases run as.
+NOBODY = 65534
+
+
+def as_nobody(argv: list[str]) -> list[str]:
+    """``argv`` run as the unprivileged user ``nobody`` (the tests run as root)."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is needed to drop privileges"
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+def nobody_env(shared: Path) -> dict[str, str]:
+    """Settings for a process run as nobody: a private lock directory of its own."""
+    locks = shared / "nobody-locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    os.chown(locks, NOBODY, NOBODY)
+    return {"RUNALWAYS_DIR": str(locks)}
+
+
+def same_lock_as(script: Path, capabilities: object) -> tuple[str, str]:
+    """How another program names ``script``'s lock: ``("path", file)`` for backends that lock
+    the file, ``("name", file name)`` for those that lock a name (identity "name")."""
+    if capabilities.identity == "name":  # type: ignore[attr-defined]
+        return "name", script.name
+    return "path", str(script)

@@ -6,7 +6,7 @@ import signal
 import sys
 
 import pytest
-from harness import Procs, finish, wait_for_line
+from harness import TIMEOUT, Procs, assert_already_running, finish, wait_for_line
 
 RUNALWAYS = [sys.executable, "-m", "runalways"]
 HOLDER = [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"]
@@ -23,7 +23,8 @@ def test_run_alone_exits_1_with_the_message(procs: Procs) -> None:
     holder = procs.start([*RUNALWAYS, "run", "--name", "job", "--", *HOLDER])
     wait_for_line(holder, "ready")
     loser = procs.run([*RUNALWAYS, "run", "--alone", "--name", "job", "--", "true"])
-    assert (loser.returncode, loser.stderr) == (1, "A copy of 'true' is already running\n")
+    assert loser.returncode == 1
+    assert_already_running(loser.stderr, "true", holder.pid)
     finish(holder)
 
 
@@ -38,7 +39,9 @@ def test_run_forwards_signals_and_reports_128_plus_n(procs: Procs, signum: int) 
     wrapper = procs.start([*RUNALWAYS, "run", "--silent", "--name", "signals", "--", sys.executable, "-c", command])
     wait_for_line(wrapper, "ready")
     wrapper.send_signal(signum)
-    assert finish(wrapper).returncode == 128 + signum
+    # Wait before closing stdin: at its end the command would exit 0 on its own.
+    assert wrapper.wait(timeout=TIMEOUT) == 128 + signum
+    finish(wrapper)
 
 
 @pytest.mark.clause("R11.3")

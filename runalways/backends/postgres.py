@@ -1,0 +1,495 @@
+"""``postgres`` backend: one copy across many hosts, on a PostgreSQL advisory lock held as a lease.
+
+The lock is ``pg_try_advisory_lock(NAMESPACE, hash of the lock name)`` taken on a
+dedicated, direct connection: it lives exactly as long as that server session. The lock
+name is the host-independent ``Target.name`` (``--name``, ``name=``), or for a guarded
+script ``RUNALWAYS_NAME``, defaulting to the script's file name, since paths differ
+between hosts. Every host must use the same server and the same database (advisory locks
+are per database), and connect directly: a transaction-pooling proxy (PgBouncer in
+transaction or statement mode) hands the session, and with it the lock, to other clients.
+
+How the lock ends, and why another host never runs alongside the holder:
+
+* The holder process dies (even SIGKILL): the kernel closes its socket and the server
+  ends the session, releasing the lock within milliseconds.
+* The holder's host dies, freezes, or loses the network: the session sets
+  ``idle_session_timeout`` to the TTL (``RUNALWAYS_TTL``, default 15 s), so the server
+  itself ends the session and frees the lock once nothing arrived for a TTL. A heartbeat
+  thread checks every TTL/3 that the lock row is still in ``pg_locks``, which also keeps
+  the session from being idle. TCP keepalives cover a host that vanished.
+* Self-fencing: the holder must stop before the server can give the lock away. A kernel
+  timer (``runalways._fence``) kills the process with SIGKILL at the send time of the
+  last confirmed heartbeat + 0.8 TTL, on CLOCK_BOOTTIME; each confirmed heartbeat moves
+  it on. A heartbeat that finds the lock gone, or the session ended, kills it at once.
+* Server restart: every advisory lock vanishes at once, while the old holder may still
+  run until its deadline. A new holder whose server is younger than the TTL waits out
+  the rest of the TTL (heartbeating) before it runs.
+* Fencing token: every acquisition takes ``pg_current_xact_id()`` in a transaction that
+  writes WAL, so the number grows strictly across holders, hosts and server restarts.
+  It is ``backend.token``, ``runalways.api.token()``, and ``RUNALWAYS_TOKEN`` in the
+  environment of a ``runalways run`` command; a resource that remembers the highest
+  token it has seen can refuse a late write from a fenced holder.
+
+The heartbeat is a daemon thread: it does not survive fork(), so a forked child never
+holds the lock (the child's copy of the connection is closed at fork, so the parent's
+exit still releases it at once). The connection is close-on-exec: a program started by
+``os.exec*`` does not hold it either.
+
+The server unreachable at start: fail closed (``LockFailed``: one line without the
+password, exit 2), or with ``RUNALWAYS_UNREACHABLE=run`` run without the lock.
+
+psycopg (the ``runalways[postgres]`` extra) and ctypes are imported only when this
+backend is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+from runalways._settings import parse_seconds
+from runalways.backends.base import Backend, Capabilities, Holder, Target
+from runalways.errors import LockFailed, SettingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    import psycopg
+
+    from runalways._fence import KillTimer
+
+    Connection = psycopg.Connection[tuple[Any, ...]]
+
+#: First key of every runalways lock ('RALW'): the two-int4 form keeps runalways's locks
+#: apart from the single-bigint advisory locks frameworks (Rails, Django) take.
+NAMESPACE = 0x52414C57
+
+DEFAULT_TTL = 15.0
+#: Below 3 s a heartbeat every TTL/3 meets scheduling and network hiccups too often.
+MIN_TTL = 3.0
+#: The local deadline, as a fraction of the TTL after the last confirmed heartbeat: the
+#: holder is dead 0.2 TTL before the server can let another host in.
+FENCE_AT = 0.8
+BEATS_PER_TTL = 3
+
+#: The lock row of this session, in the form pg_try_advisory_lock(int4, int4) makes.
+_OWN_LOCK = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    " AND classid = %s::oid AND objid = %s::oid AND objsubid = 2 AND granted"
+)
+_HOLDER = (
+    "SELECT a.application_name, a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 2"
+    " AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+#: The token, the server's uptime and the holder's label, in one implicit transaction.
+#: The transactional WAL message makes the commit flush WAL synchronously, so the
+#: transaction id cannot be handed out again after a server crash.
+_TAKEN = (
+    "SELECT {xid}::text::bigint, extract(epoch FROM now() - pg_postmaster_start_time())::float8,"
+    " pg_logical_emit_message(true, 'runalways', %s) IS NOT NULL, set_config('application_name', %s, false)"
+)
+#: application_name: "runalways <pid> <epoch granted or -> <host>"; the host goes last
+#: because the server cuts the name at 63 bytes.
+_LABEL = re.compile(r"runalways (\d+) (\d+|-) (.*)")
+#: SQLSTATEs of a server that is there but cannot take connections right now.
+_UNREACHABLE_STATES = ("57P03", "53300")
+
+
+def lock_key(name: str) -> tuple[int, int]:
+    """The two int4 keys of the advisory lock for ``name``."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return NAMESPACE, int.from_bytes(digest[:4], "big", signed=True)
+
+
+class PostgresBackend(Backend):
+    name = "postgres"
+    capabilities = Capabilities(
+        identity="name",
+        kept_by_fork_child=False,
+        kept_across_exec=False,
+        kept_when_replaced=True,
+        kept_when_file_closed=True,
+        needs_write_access=False,
+        across_hosts=True,
+        other_users_can_hold=True,  # anyone with access to the database can take a lock of that name
+        # SIGKILL closes the socket and the server ends the session at once (measured
+        # 7 ms); a second leaves room for a loaded machine. A dead *host* takes the TTL.
+        crash_release_seconds=1.0,
+    )
+    settings = ("RUNALWAYS_URL", "RUNALWAYS_NAME", "RUNALWAYS_TTL", "RUNALWAYS_UNREACHABLE")
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if os.name == "nt":
+            return "no kernel timer to fence a lost lease with on Windows"
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            return "psycopg is not installed: pip install 'runalways[postgres]'"
+        return None
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        environ = os.environ
+        self.ttl = _ttl(environ.get("RUNALWAYS_TTL", ""))
+        self.run_when_unreachable = _unreachable_policy(environ.get("RUNALWAYS_UNREACHABLE", ""))
+        self.url = environ.get("RUNALWAYS_URL", "")
+        # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
+        given = environ.get("RUNALWAYS_NAME", "").strip()
+        self.lock_name = given if given and target.path is not None else target.name
+        self.key = lock_key(self.lock_name)
+        self._conn: Connection | None = None
+        self._timer: KillTimer | None = None
+        self._beating: threading.Thread | None = None
+        self._stopped = threading.Event()
+        #: Guards the timer and the fence against release() running at the same time.
+        self._state = threading.Lock()
+        self._forked = False
+
+    # -- taking the lock ------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        import psycopg
+
+        conn = self._open({})
+        if conn is None:
+            return True
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self.key).fetchone()
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+        if not (row and row[0]):
+            self._close()
+            return False
+        return self._hold(conn)
+
+    def acquire(self, timeout: float | None) -> bool:
+        """Wait on the server (pg_advisory_lock under lock_timeout): in the moment the holder lets go."""
+        if timeout is not None and timeout <= 0:
+            return self.try_acquire()
+        import psycopg
+
+        # lock_timeout 0 means no limit; anything else is at least a millisecond. A
+        # server-wide statement_timeout must not end the wait as an error.
+        limit = "0" if timeout is None else str(max(1, round(timeout * 1000)))
+        conn = self._open({"lock_timeout": limit, "statement_timeout": "0"})
+        if conn is None:
+            return True
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", self.key)
+        except psycopg.errors.LockNotAvailable:
+            self._close()
+            return False
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+        except BaseException:  # KeyboardInterrupt: psycopg cancelled the wait; drop the session
+            self._close()
+            raise
+        return self._hold(conn)
+
+    def _open(self, settings: dict[str, str]) -> Connection | None:
+        """A fresh session with the lease set on it; None to run unlocked (server unreachable)."""
+        import psycopg
+
+        try:
+            conn = self._connect(f"runalways {os.getpid()} - {socket.gethostname()}")
+        except _Unreachable as error:
+            if not self.run_when_unreachable:
+                raise LockFailed(f"{error}; not running (RUNALWAYS_UNREACHABLE=run runs without the lock)") from None
+            self.unlocked = f"{error} (RUNALWAYS_UNREACHABLE=run)"
+            return None
+        lease = str(round(self.ttl * 1000))
+        version = conn.info.server_version
+        wanted = {
+            "idle_in_transaction_session_timeout": lease,
+            # The server's own TCP checks of this session: never sooner than the lease (an
+            # aggressive server-wide setting would free the lock before the holder fences
+            # itself), and on servers before 14, the only way it notices a vanished host.
+            "tcp_keepalives_idle": str(math.ceil(self.ttl)),
+            "tcp_keepalives_interval": "1",
+            "tcp_keepalives_count": "3",
+            **settings,
+        }
+        if version >= 120000:
+            wanted["tcp_user_timeout"] = lease
+        if version >= 140000:
+            wanted["idle_session_timeout"] = lease
+        calls = ", ".join(["set_config(%s, %s, false)"] * len(wanted))
+        try:
+            conn.execute(f"SELECT {calls}", [item for pair in wanted.items() for item in pair])
+        except psycopg.Error as error:
+            conn.close()
+            raise self._failure(error) from None
+        self._conn = conn
+        return conn
+
+    def _connect(self, label: str) -> Connection:
+        import psycopg
+
+        third = self.ttl / BEATS_PER_TTL
+        try:
+            return psycopg.connect(
+                self.url,
+                autocommit=True,
+                application_name=label[:63],
+                connect_timeout=max(2, min(5, int(third))),
+                # A peer that vanished (host down, cable cut) errors the socket within about
+                # a TTL instead of the kernel default of two hours.
+                keepalives=1,
+                keepalives_idle=max(1, int(third)),
+                keepalives_interval=1,
+                keepalives_count=3,
+                tcp_user_timeout=round(self.ttl * 500),
+            )
+        except psycopg.OperationalError as error:
+            if error.sqlstate is None or error.sqlstate in _UNREACHABLE_STATES:
+                raise _Unreachable(self._describe(error, "cannot reach the PostgreSQL server")) from None
+            raise LockFailed(self._describe(error, "the PostgreSQL server refused the connection")) from None
+
+    def _hold(self, conn: Connection) -> bool:
+        """Take the token, arm the fence, wait out a young server, start the heartbeat."""
+        import psycopg
+
+        from runalways._fence import KillTimer, now
+
+        xid = "pg_current_xact_id()" if conn.info.server_version >= 130000 else "txid_current()"
+        label = f"runalways {os.getpid()} {int(time.time())} {socket.gethostname()}"[:63]
+        sent = now()
+        try:
+            # The WAL message says which lock; text cannot hold the NULs of a `run` lock's name.
+            message = self.lock_name.replace("\0", " ")
+            row = conn.execute(_TAKEN.format(xid=xid), (message, label)).fetchone()
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+        assert row is not None
+        token, uptime = int(row[0]), float(row[1])
+        self._stopped = threading.Event()
+        try:
+            self._timer = KillTimer()
+        except OSError as error:  # no way to fence: holding the lock would be unsafe
+            self._close()
+            raise LockFailed(f"cannot arm the timer that fences a lost lock: {error}") from None
+        self._confirmed(sent)
+        _track(self)
+        # A restarted server has forgotten every lock, while the holder from before the
+        # restart may act until its own deadline (< TTL after its last heartbeat).
+        left = min(self.ttl - uptime, self.ttl)
+        while left > 0:
+            pause = min(left, self.ttl / BEATS_PER_TTL)
+            time.sleep(pause)
+            left -= pause
+            if self._beat() is False:  # lost while waiting, before running anything
+                self.release()
+                return False
+        self.token = token
+        self._beating = threading.Thread(
+            target=self._heartbeat, args=(self._stopped,), name="runalways-heartbeat", daemon=True
+        )
+        self._beating.start()
+        return True
+
+    # -- keeping it ------------------------------------------------------------------
+
+    def _beat(self) -> bool | None:
+        """Confirm the lock: True (held; fence moved on), False (gone), None (cannot tell now)."""
+        import psycopg
+
+        from runalways._fence import now
+
+        conn = self._conn
+        if conn is None:
+            return False
+        sent = now()
+        try:
+            row = conn.execute(_OWN_LOCK, (self.key[0], self.key[1] & 0xFFFFFFFF)).fetchone()
+        except psycopg.Error:
+            # A session that ended took the lock with it; anything else the timer decides.
+            return False if conn.broken or conn.closed else None
+        if row is None:
+            return False
+        self._confirmed(sent)
+        return True
+
+    def _confirmed(self, sent: float) -> None:
+        # The server's idle clock started after it received the request sent at ``sent``.
+        with self._state:
+            if self._timer is not None and not self._stopped.is_set():
+                self._timer.arm(sent + FENCE_AT * self.ttl)
+
+    def _heartbeat(self, stopped: threading.Event) -> None:
+        while not stopped.wait(self.ttl / BEATS_PER_TTL):
+            if self._beat() is False:
+                self._fence("the server no longer holds the lock for this copy")
+                return
+
+    def _fence(self, why: str) -> None:
+        """Die now. The one place a backend prints: nothing else can say why the process ended."""
+        with self._state:
+            if self._stopped.is_set():  # released meanwhile: the error was our own close
+                return
+            line = f"runalways: {why} (lock {self.lock_name!r}); killing '{self.target.display}' to fence it\n"
+            os.write(2, line.encode(errors="replace"))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- letting go ------------------------------------------------------------------
+
+    def release(self) -> None:
+        if self._forked:
+            return
+        with self._state:
+            self._stopped.set()
+        beating, self._beating = self._beating, None
+        if beating is not None:
+            beating.join(timeout=0.1)
+            if beating.is_alive() and self._conn is not None:
+                # Stuck in a heartbeat on a dead network: end the session from our side
+                # (the server frees the lock on EOF) and let that query fail.
+                _shut_down(self._conn)
+                beating.join(timeout=1.0)
+            if beating.is_alive():  # closing the connection under it would free memory in use
+                self._conn = None
+        self._close()
+        with self._state:
+            if self._timer is not None:
+                self._timer.close()
+                self._timer = None
+        self.token = None
+        _untrack(self)
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _forget_after_fork(self) -> None:
+        """In a fork() child: give up this copy of the session without touching the parent's."""
+        self._forked = True
+        self.token = None
+        self._timer = None  # timers are not inherited; the id means nothing here
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            # Put /dev/null where the socket was: the child's reference to the socket is
+            # gone (the parent's exit still ends the session), and whatever libpq later
+            # writes on that descriptor (its goodbye at garbage collection) goes nowhere.
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, conn.pgconn.socket, inheritable=False)
+            os.close(devnull)
+
+    # -- for runalways run, status and messages --------------------------------------
+
+    def child_environment(self) -> dict[str, str]:
+        return {} if self.token is None else {"RUNALWAYS_TOKEN": str(self.token)}
+
+    def child_preexec(self) -> Callable[[], None] | None:
+        if self._conn is None:
+            return None
+        from runalways._fence import die_with_parent
+
+        return die_with_parent()
+
+    def holder(self) -> Holder | None:
+        """The holder from pg_locks and pg_stat_activity (its label needs the same role or pg_read_all_stats)."""
+        import psycopg
+
+        conn = self._connect(f"runalways status {os.getpid()}")
+        try:
+            with conn:
+                row = conn.execute(_HOLDER, (self.key[0], self.key[1] & 0xFFFFFFFF)).fetchone()
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+        if row is None:
+            return None
+        found = _LABEL.fullmatch(row[0] or "")
+        if found is None:  # another role's session, or not a runalways client: little to say
+            return Holder(since=row[1].timestamp() if row[1] is not None else None)
+        pid, since, host = found.groups()
+        return Holder(pid=int(pid), host=host, since=float(since) if since != "-" else None)
+
+    def _failure(self, error: Exception) -> LockFailed:
+        self._close()
+        return LockFailed(self._describe(error, f"PostgreSQL failed on the lock {self.lock_name!r}"))
+
+    def _describe(self, error: Exception, what: str) -> str:
+        """One line naming the server but never the password, whatever libpq put in the message."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            given = conninfo_to_dict(self.url)
+        except Exception:  # an unparsable URL: say nothing of it rather than echo a secret
+            given = {}
+        host = given.get("host") or os.environ.get("PGHOST") or "localhost"
+        port = given.get("port") or os.environ.get("PGPORT") or "5432"
+        database = given.get("dbname") or os.environ.get("PGDATABASE") or given.get("user") or "default"
+        reason = " ".join(str(error).split())
+        for secret in (given.get("password"), os.environ.get("PGPASSWORD")):
+            if secret:
+                reason = reason.replace(str(secret), "***")
+        return f"{what} at {host}:{port}/{database}: {reason}"
+
+
+class _Unreachable(LockFailed):
+    """No server to ask: the only failure RUNALWAYS_UNREACHABLE=run lets a copy run through."""
+
+
+def _ttl(text: str) -> float:
+    if not text.strip():
+        return DEFAULT_TTL
+    ttl = parse_seconds(text, "RUNALWAYS_TTL")
+    if ttl < MIN_TTL:
+        raise SettingError(
+            f"RUNALWAYS_TTL={text!r} is too short for a lease; "
+            f"use {MIN_TTL:g} seconds or more (default {DEFAULT_TTL:g})"
+        )
+    return ttl
+
+
+def _unreachable_policy(text: str) -> bool:
+    """RUNALWAYS_UNREACHABLE: True to run without the lock when the server cannot be reached."""
+    value = text.strip().lower()
+    if value in ("", "fail"):
+        return False
+    if value == "run":
+        return True
+    raise SettingError(
+        f"RUNALWAYS_UNREACHABLE={text!r} is not a choice; use fail (do not run, exit 2: the default) "
+        "or run (run without the lock)"
+    )
+
+
+def _shut_down(conn: Connection) -> None:
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+#: Backends of this process holding a lock: the fork handler forgets them in a child.
+_holding: list[PostgresBackend] = []
+_fork_handler: list[bool] = []
+
+
+def _track(backend: PostgresBackend) -> None:
+    if not _fork_handler and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_handler.append(True)
+    _holding.append(backend)
+
+
+def _untrack(backend: PostgresBackend) -> None:
+    if backend in _holding:
+        _holding.remove(backend)
+
+
+def _after_fork_in_child() -> None:
+    for backend in _holding:
+        backend._forget_after_fork()
+    _holding.clear()
