@@ -10,16 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "conformance"))
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # pgserver: the test PostgreSQL
-
 from harness import Procs
 
 from runalways.backends import get_class, names

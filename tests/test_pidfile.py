@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from harness import reap
 
 from runalways import _proc
 from runalways.backends import pidfile
@@ -107,13 +108,7 @@ class Job:
         return fields
 
     def reap(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            try:
-                process.communicate(timeout=TIMEOUT)
-            except (subprocess.TimeoutExpired, ValueError, OSError):
-                pass
+        reap(self.started)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from typing import Iterator
 import pgserver
 import psycopg
 import pytest
+from harness import reap, wait_until
 
 from runalways.backends.postgres import FENCE_AT, lock_key
 
@@ -52,16 +53,6 @@ if sys.argv[2] == "tick":
 else:
     sys.stdin.read()
 """
-
-
-def wait_until(condition: object, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    pause = 0.005
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
 
 
 @pytest.fixture(scope="session")
@@ -146,13 +137,7 @@ class Jobs:
         return lines[starts[0] + 1 :]
 
     def reap(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            try:
-                process.communicate(timeout=TIMEOUT)
-            except (subprocess.TimeoutExpired, ValueError, OSError):
-                pass
+        reap(self.started)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 #: Seconds any one process may take before the test fails (and the process is killed).
 TIMEOUT = 30.0
@@ -110,13 +110,18 @@ class Procs:
         return process
 
     def reap(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            try:
-                process.communicate(timeout=TIMEOUT)
-            except (subprocess.TimeoutExpired, ValueError, OSError):
-                pass
+        reap(self.started)
+
+
+def reap(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Kill whichever of ``processes`` still run and collect every one of them."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        try:
+            process.communicate(timeout=TIMEOUT)
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            pass
 
 
 def finish(process: subprocess.Popen[bytes], stdin: str = "") -> Outcome:
