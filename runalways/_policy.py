@@ -10,31 +10,49 @@ Two policies, after the Perl modules runalways ports:
 Taking the lock prints ``'<script>' has been started at <epoch>`` unless silent. Any
 error (a bad setting, no script file, a lock that fails for another reason than
 contention) prints one line and exits 2. Backends never print or exit; this module does.
-"""
 
-from __future__ import annotations
+Only the main script is guarded. ``import runalways`` guards when, and only when, the
+import statement that loads it is a plain ``import runalways`` (``as`` allowed) executed
+by the code of the ``__main__`` module. Everything else guards nothing:
+
+* a library or a test module importing runalways (its ``__name__`` is not ``__main__``);
+* ``import runalways.api`` or ``from runalways import api`` (the statement names a
+  submodule or imports names from the package);
+* multiprocessing children under ``spawn`` and ``forkserver`` (and the forkserver
+  process itself), which re-run the main script as ``__mp_main__``;
+* the ``runalways`` console script and ``python -m runalways``.
+
+The statement is read from the importing frame: the instruction it is executing is the
+IMPORT_NAME of the statement, whose operand names the module and whose preceding
+constant is the ``from`` list.
+
+Every cron start runs this module, so it is one module rather than two, imports the
+settings parsers and the errors only when a setting is given or something fails, and
+quotes its annotations rather than import ``__future__`` (about 0.1 ms a start each).
+"""
 
 import os
 import sys
 import time
 
-from runalways import _settings
 from runalways.backends import default_name, get
-from runalways.errors import RunAlwaysError, SettingError
+from runalways.backends.base import Target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import Any, Mapping, NoReturn
+    from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
 
     from runalways._settings import Retry, RetryValue
-    from runalways.backends.base import Backend, Target
+    from runalways.backends.base import Backend
+
+    Statement = Tuple[str, Optional[Tuple[str, ...]]]
 
 ALWAYS = "always"
 ALONE = "alone"
 
 #: Backends holding a lock for this process; kept referenced until the process ends.
-held: list[Backend] = []
+held: "list[Backend]" = []
 
 
 class Options:
@@ -42,7 +60,7 @@ class Options:
 
     __slots__ = ("backend", "conflict_exit", "fork", "identity", "lock", "silent", "skip", "timeout")
 
-    def __init__(self, backend: type[Backend]) -> None:
+    def __init__(self, backend: "type[Backend]") -> None:
         self.backend = backend
         self.silent = False
         #: How long to wait for the lock: 0 = one try, None = for ever.
@@ -57,23 +75,30 @@ class Options:
 
 
 def options(
-    environ: Mapping[str, str],
+    environ: "Mapping[str, str]",
     *,
-    backend: str | None = None,
-    silent: bool | None = None,
-    retry: RetryValue = None,
-    wait: float | None = None,
-    identity: str | None = None,
-    fork: str | None = None,
-    conflict_exit: int | None = None,
+    backend: "str | None" = None,
+    silent: "bool | None" = None,
+    retry: "RetryValue" = None,
+    wait: "float | None" = None,
+    identity: "str | None" = None,
+    fork: "str | None" = None,
+    conflict_exit: "int | None" = None,
     environment_wins: bool = True,
-) -> Options:
+) -> "Options":
     """Merge the environment with the caller's keywords, checking both.
 
     For the import guard and the API the environment wins over the code, as
     SKIP/SILENT/RETRY_SYS_RUNALONE do in Perl, so an operator can change a deployed
     script's behaviour; on the command line the options typed win.
     """
+    given = (backend, silent, retry, wait, identity, fork, conflict_exit)
+    if given == (None,) * len(given) and not any(key.startswith("RUNALWAYS_") for key in environ):
+        # The common cron start: nothing to parse, so the parsers are not even imported.
+        return Options(get(default_name()))
+    from runalways import _settings
+    from runalways.errors import SettingError
+
     if retry is not None and wait is not None:
         raise SettingError("give retry or wait, not both (retry=N,S waits up to N*S seconds)")
     if wait is not None and not wait >= 0:
@@ -107,7 +132,7 @@ def options(
     return chosen
 
 
-def _timeout(retry: Retry | None) -> float:
+def _timeout(retry: "Retry | None") -> float:
     """Sys::RunAlone's retry N,S as a wait of up to N*S seconds.
 
     The waiter gets in the moment the lock is free rather than at the next S-second mark.
@@ -116,12 +141,10 @@ def _timeout(retry: Retry | None) -> float:
     return count * pause
 
 
-def script_target(main_globals: dict[str, Any], chosen: Options) -> Target:
+def script_target(main_globals: "dict[str, Any]", chosen: "Options") -> "Target":
     """The file to lock for the main script: the script itself unless RUNALWAYS_LOCK or
     RUNALWAYS_IDENTITY ask for a private lock file."""
-    from runalways import _script
-
-    target = _script.script_target(main_globals)
+    target = main_script_target(main_globals)
     if chosen.lock is None and chosen.identity == "inode":
         return target
     refuse_lock_file(chosen, "RUNALWAYS_LOCK" if chosen.lock is not None else "RUNALWAYS_IDENTITY=path")
@@ -130,23 +153,25 @@ def script_target(main_globals: dict[str, Any], chosen: Options) -> Target:
     return private_target(target, chosen.lock, chosen.identity)
 
 
-def refuse_lock_file(chosen: Options, what: str) -> None:
+def refuse_lock_file(chosen: "Options", what: str) -> None:
     """A lock file means nothing to a backend that locks a name: say so rather than ignore it."""
     if chosen.backend.capabilities.identity == "name":
+        from runalways.errors import SettingError
+
         raise SettingError(
             f"{what} chooses a lock file, but the {chosen.backend.name} backend locks a name, "
             "the same on every host: name the lock with RUNALWAYS_NAME or --name instead"
         )
 
 
-def skipped(chosen: Options, display: str) -> bool:
+def skipped(chosen: "Options", display: str) -> bool:
     """RUNALWAYS_SKIP: 1 skips the check, 2 skips it and says so (as SKIP_SYS_RUNALONE)."""
     if chosen.skip == 2:
         _say(f"Skipping the runalways check for '{display}' (RUNALWAYS_SKIP=2)")
     return chosen.skip > 0
 
 
-def enforce(policy: str, target: Target, chosen: Options) -> Backend:
+def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
     backend = chosen.backend(target)
     if not backend.take(chosen.timeout):
@@ -167,24 +192,26 @@ def enforce(policy: str, target: Target, chosen: Options) -> Backend:
     return backend
 
 
-def guard_import(policy: str, module: str, frame: FrameType) -> None:
+def guard_import(policy: str, module: str, frame: "FrameType") -> None:
     """Run ``policy`` if the module whose frame this is was imported by the main script.
 
     Called from the bodies of ``runalways/__init__.py`` and ``runalways/alone.py``.
     Every error ends the process with one line and status 2, except in an interactive
     session, where it is raised so that the session survives.
     """
-    from runalways import _script
-
-    main_globals = _script.main_importer(frame, module)
+    main_globals = main_importer(frame, module)
     if main_globals is None:
         return
     try:
         chosen = options(os.environ)
         if not skipped(chosen, sys.argv[0] if sys.argv else ""):
             enforce(policy, script_target(main_globals, chosen), chosen)
-    except RunAlwaysError as error:
-        if _script.interactive():
+    except Exception as error:
+        # runalways.errors is loaded only when something went wrong: every import of
+        # a module costs each cron start, and this one is not needed when nothing fails.
+        from runalways.errors import RunAlwaysError
+
+        if not isinstance(error, RunAlwaysError) or interactive():
             raise
         fail(str(error))
 
@@ -194,7 +221,113 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def fail(message: str, status: int = 2) -> NoReturn:
+def fail(message: str, status: int = 2) -> "NoReturn":
     """One line on stderr, then exit: never a traceback."""
     _say(f"runalways: {message}")
     raise SystemExit(status)
+
+
+# Who imported runalways, and which file is the main script.
+
+
+def importer(frame: "FrameType") -> "FrameType | None":
+    """The frame whose import statement is running the module of ``frame``."""
+    caller = frame.f_back
+    while caller is not None and caller.f_code.co_filename.startswith("<frozen importlib"):
+        caller = caller.f_back
+    return caller
+
+
+#: (IMPORT_NAME, LOAD_CONST, EXTENDED_ARG) of the CPython versions whose layout is known.
+_OPCODES = {
+    (3, 9): (108, 100, 144),
+    (3, 10): (108, 100, 144),
+    (3, 11): (108, 100, 144),
+    (3, 12): (108, 100, 144),
+    (3, 13): (75, 83, 71),
+}
+
+
+def import_statement(frame: "FrameType") -> "Statement | None":
+    """``(module name, from-list)`` of the import statement ``frame`` is executing."""
+    code = frame.f_code
+    at = frame.f_lasti
+    raw = code.co_code
+    # Known versions: IMPORT_NAME <name index> right after LOAD_CONST <from-list>, both
+    # operands below 256 (no EXTENDED_ARG). Anything else is decoded with dis: slower,
+    # but never needed for an ordinary script on a known version.
+    import_name, load_const, extended_arg = _OPCODES.get(sys.version_info[:2], (-1, -1, -1))
+    if at >= 2 and raw[at] == import_name and raw[at - 2] == load_const and (at < 4 or raw[at - 4] != extended_arg):
+        return code.co_names[raw[at + 1]], code.co_consts[raw[at - 1]]
+    return _decoded_statement(frame)
+
+
+def _decoded_statement(frame: "FrameType") -> "Statement | None":
+    import dis
+
+    previous = None
+    for instruction in dis.get_instructions(frame.f_code):
+        if instruction.offset == frame.f_lasti:
+            if instruction.opname != "IMPORT_NAME":
+                return None
+            fromlist = previous.argval if previous is not None and previous.opname.startswith("LOAD_CONST") else None
+            return instruction.argval, fromlist
+        if instruction.opname != "EXTENDED_ARG":
+            previous = instruction
+    return None
+
+
+def main_importer(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
+    """The main script's globals if ``frame`` (a module being imported) was imported by
+    ``import <wanted>`` in the main script, else None."""
+    caller = importer(frame)
+    if caller is None or caller.f_globals.get("__name__") != "__main__":
+        return None
+    statement = import_statement(caller)
+    if statement is None:
+        return None
+    name, fromlist = statement
+    if "." not in wanted:  # the package itself: only a plain ``import runalways [as x]``
+        return caller.f_globals if name == wanted and fromlist is None else None
+    package, _, submodule = wanted.rpartition(".")
+    if name == wanted or (name == package and fromlist is not None and submodule in fromlist):
+        return caller.f_globals
+    return None
+
+
+def interactive() -> bool:
+    """A REPL, ``python -i``, IPython or Jupyter: raise there instead of exiting."""
+    import builtins
+
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or hasattr(builtins, "__IPYTHON__")
+
+
+def main_script_target(main_globals: "Dict[str, Any]") -> "Target":
+    """The file that stands for the main script: what Sys::RunAlways's DATA handle was.
+
+    The script's own file (``python script.py``, ``python ./link.py``, ``python -m
+    pkg.mod``), the archive of a zipapp, the executable of a frozen application.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    if getattr(sys, "frozen", False):
+        path: str | None = sys.executable
+    else:
+        path = getattr(main_globals.get("__loader__"), "archive", None) or main_globals.get("__file__")
+    if not path or path.startswith("<"):  # "<stdin>", "<string>": code with no file behind it
+        from runalways.errors import NoScriptError
+
+        raise NoScriptError(no_script_message(argv0))
+    return Target(path, display=argv0 or path, name=os.path.basename(path))
+
+
+def no_script_message(argv0: str) -> str:
+    if argv0 == "-c":
+        how = "Python was given the code with -c"
+    elif argv0 in ("-", ""):
+        how = "Python read the code from standard input or an interactive prompt"
+    else:
+        how = "the main module has no file (an embedded interpreter?)"
+    return (
+        f"no script file to lock: {how}; save the code in a file and run that file, "
+        "or guard a command with 'runalways run -- COMMAND'"
+    )

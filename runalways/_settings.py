@@ -5,18 +5,25 @@ variable, the value and what is allowed. A RUNALWAYS_* variable nobody reads is 
 too: a typo such as RUNALWAYS_SILNET=1 must not be silently ignored.
 """
 
-from __future__ import annotations
-
-from runalways.errors import SettingError
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, Tuple, Union
+
+    from runalways.errors import SettingError
 
     Retry = Tuple[int, float]
     RetryValue = Union[int, str, Retry, None]
 
 PREFIX = "RUNALWAYS_"
+
+
+def _invalid(message: str) -> "SettingError":
+    # runalways.errors is loaded only for a bad value: a start with good settings (the
+    # RUNALWAYS_SILENT=1 of many crontabs) does not pay for importing it.
+    from runalways.errors import SettingError
+
+    return SettingError(message)
+
 
 #: The variables the core reads; a backend adds its own (Backend.settings).
 CORE_VARIABLES = (
@@ -48,21 +55,26 @@ def parse_bool(text: str, where: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise SettingError(f"{where}={text!r} is not a yes/no value; use one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
+    raise _invalid(f"{where}={text!r} is not a yes/no value; use one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
 
 
 def parse_seconds(text: str, where: str) -> float:
     """A number of seconds: a non-negative finite number, fractions allowed."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise SettingError(f"{where}={text!r} is not a number of seconds; use a number such as 10 or 0.5")
+    seconds = _seconds(text)
+    if seconds is None:
+        raise _invalid(f"{where}={text!r} is not a number of seconds; use a number such as 10 or 0.5")
     return seconds
 
 
-def parse_retry(value: RetryValue, where: str) -> Retry | None:
+def _seconds(text: str) -> "float | None":
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def parse_retry(value: "RetryValue", where: str) -> "Retry | None":
     """``N`` or ``N,S``: try N more times, S seconds apart (S defaults to 1), as Sys::RunAlone."""
     if value is None:
         return None
@@ -72,14 +84,9 @@ def parse_retry(value: RetryValue, where: str) -> Retry | None:
         text = str(value)
     count_text, comma, pause_text = text.partition(",")
     count_text = count_text.strip()
-    pause = 1.0
-    if comma:
-        try:
-            pause = parse_seconds(pause_text, where)
-        except SettingError:
-            pause = 0.0
-    if not count_text.isdigit() or (comma and pause <= 0):
-        raise SettingError(
+    pause = _seconds(pause_text) if comma else 1.0
+    if not count_text.isdigit() or pause is None or pause <= 0:
+        raise _invalid(
             f"{where}={text!r} is not a retry count; use N or N,S "
             "(try N more times, S seconds apart; for example 3 or 5,0.5)"
         )
@@ -89,21 +96,21 @@ def parse_retry(value: RetryValue, where: str) -> Retry | None:
 def parse_choice(text: str, where: str, choices: tuple[str, ...]) -> str:
     value = text.strip().lower()
     if value not in choices:
-        raise SettingError(f"{where}={text!r} is not one of the choices; use {' or '.join(choices)}")
+        raise _invalid(f"{where}={text!r} is not one of the choices; use {' or '.join(choices)}")
     return value
 
 
 def parse_exit_code(text: str, where: str) -> int:
     value = text.strip()
     if not value.isdigit() or int(value) > 255:
-        raise SettingError(f"{where}={text!r} is not an exit status; use a whole number from 0 to 255")
+        raise _invalid(f"{where}={text!r} is not an exit status; use a whole number from 0 to 255")
     return int(value)
 
 
 def parse_skip(text: str, where: str) -> int:
     value = text.strip()
     if value not in ("0", "1", "2"):
-        raise SettingError(
+        raise _invalid(
             f"{where}={text!r} is not a skip level; use 0 (check), 1 (skip the check) or 2 (skip it and say so)"
         )
     return int(value)
@@ -114,8 +121,8 @@ class FromEnvironment:
 
     __slots__ = ("backend", "conflict_exit", "fork", "identity", "lock", "retry", "silent", "skip")
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        def given(variable: str) -> str | None:
+    def __init__(self, environ: "Mapping[str, str]") -> None:
+        def given(variable: str) -> "str | None":
             return environ.get(variable, "").strip() or None
 
         self.backend = given("RUNALWAYS_BACKEND")
@@ -134,9 +141,9 @@ class FromEnvironment:
         self.conflict_exit = None if conflict is None else parse_exit_code(conflict, "RUNALWAYS_CONFLICT_EXIT")
 
 
-def check_unknown(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
+def check_unknown(environ: "Mapping[str, str]", known: tuple[str, ...]) -> None:
     """Refuse RUNALWAYS_* variables that neither the core nor the chosen backend reads."""
     for variable in environ:
         if variable.startswith(PREFIX) and variable not in CORE_VARIABLES and variable not in known:
             allowed = ", ".join(CORE_VARIABLES + known)
-            raise SettingError(f"{variable} is not a runalways setting (misspelt?); the settings are: {allowed}")
+            raise _invalid(f"{variable} is not a runalways setting (misspelt?); the settings are: {allowed}")

@@ -34,7 +34,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from runalways import _policy, _script
+from runalways import _policy
 from runalways._lockdir import lock_file_target
 from runalways.backends.base import Backend, Holder, Target
 from runalways.errors import AlreadyRunning, RunAlwaysError, SettingError
@@ -67,7 +67,7 @@ def target(path: str | None = None, name: str | None = None, chosen: _policy.Opt
     main = sys.modules.get("__main__")
     main_globals = vars(main) if main is not None else {}
     if chosen is None:
-        return _script.script_target(main_globals)
+        return _policy.main_script_target(main_globals)
     return _policy.script_target(main_globals, chosen)
 
 

@@ -4,8 +4,6 @@ Each message is one line a user can act on: what is wrong and what to do instead
 The policy prints it after ``runalways: `` and exits with status 2.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from runalways.backends.base import Holder
@@ -39,6 +37,6 @@ class LockFailed(RunAlwaysError):
 class AlreadyRunning(RunAlwaysError):
     """Another copy holds the lock (raised by the explicit API, never by the import guard)."""
 
-    def __init__(self, message: str, holder: Holder | None = None) -> None:
+    def __init__(self, message: str, holder: "Holder | None" = None) -> None:
         super().__init__(message)
         self.holder = holder

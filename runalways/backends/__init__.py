@@ -6,11 +6,7 @@ under the entry-point group ``runalways.backends``; entry points are read only w
 name is not built in (importlib.metadata is too slow for every cron start).
 """
 
-from __future__ import annotations
-
 import os
-
-from runalways.errors import BackendUnavailable, SettingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,14 +30,14 @@ def default_name() -> str:
     return "portalocker" if os.name == "nt" else "fcntl"
 
 
-def _load(spec: str) -> type[Backend]:
+def _load(spec: str) -> "type[Backend]":
     module_name, _, class_name = spec.partition(":")
     module = __import__(module_name, fromlist=[class_name])
     backend: type[Backend] = getattr(module, class_name)
     return backend
 
 
-def _entry_points() -> dict[str, EntryPoint]:
+def _entry_points() -> "dict[str, EntryPoint]":
     from importlib.metadata import entry_points
 
     found = entry_points()
@@ -57,7 +53,7 @@ def names() -> list[str]:
     return list(BUILTIN) + sorted(set(_entry_points()) - set(BUILTIN))
 
 
-def get_class(name: str, variable: str = "RUNALWAYS_BACKEND") -> type[Backend]:
+def get_class(name: str, variable: str = "RUNALWAYS_BACKEND") -> "type[Backend]":
     """The backend class registered as ``name``, whether or not it can work here.
 
     An unknown name raises SettingError naming ``variable`` and listing the known ones.
@@ -66,12 +62,14 @@ def get_class(name: str, variable: str = "RUNALWAYS_BACKEND") -> type[Backend]:
         return _load(BUILTIN[name])
     entry = _entry_points().get(name)
     if entry is None:
+        from runalways.errors import SettingError
+
         raise SettingError(f"{variable}={name!r} is not a known backend; choose one of: {', '.join(names())}")
     backend: type[Backend] = entry.load()
     return backend
 
 
-def get(name: str, variable: str = "RUNALWAYS_BACKEND") -> type[Backend]:
+def get(name: str, variable: str = "RUNALWAYS_BACKEND") -> "type[Backend]":
     """The backend class registered as ``name``, ready to use here.
 
     A backend that cannot work on this machine raises BackendUnavailable saying why.
@@ -79,5 +77,7 @@ def get(name: str, variable: str = "RUNALWAYS_BACKEND") -> type[Backend]:
     backend = get_class(name, variable)
     reason = backend.unavailable()
     if reason is not None:
+        from runalways.errors import BackendUnavailable
+
         raise BackendUnavailable(f"the {name} backend cannot work here: {reason}")
     return backend

@@ -7,8 +7,6 @@ last holder of the description dies, SIGKILL included. A read-only descriptor is
 enough, so a read-only script, or one owned by another user, can be locked too.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 
@@ -36,7 +34,7 @@ class FlockBackend(FileLockBackend):
     )
 
     @classmethod
-    def unavailable(cls) -> str | None:
+    def unavailable(cls) -> "str | None":
         return "flock(2) is POSIX only; use the portalocker backend" if fcntl is None else None
 
     def _lock(self, fd: int, blocking: bool) -> None:
@@ -51,7 +49,7 @@ class FlockBackend(FileLockBackend):
                 raise
             fcntl.flock(self._reopen_for_writing(error), operation)
 
-    def _reopen_for_writing(self, error: OSError) -> int:
+    def _reopen_for_writing(self, error: "OSError") -> int:
         try:
             writable = os.open(self.target.file(), os.O_RDWR | os.O_CLOEXEC)
         except OSError:

@@ -76,7 +76,7 @@ the exec, and a guarded program exec'd by the holder finds the file naming itsel
 takes it as its own.
 
 **Waiting.** acquire(timeout) polls with a doubling back-off capped at 50 ms
-(base.poll_until): a released or stale pidfile is noticed within about 50 ms, and each
+(_waiting.poll_until): a released or stale pidfile is noticed within about 50 ms, and each
 poll is a read of the pidfile and of /proc/PID/stat, never a write.
 """
 
@@ -88,7 +88,8 @@ import os
 import time
 
 from runalways import _lockdir, _proc
-from runalways.backends.base import Backend, Capabilities, Holder, poll_until
+from runalways.backends._waiting import poll_until
+from runalways.backends.base import Backend, Capabilities, Holder
 from runalways.errors import LockFailed
 
 TYPE_CHECKING = False

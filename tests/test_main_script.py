@@ -13,21 +13,21 @@ from typing import Any, Iterator
 
 import pytest
 
-from runalways import _script
+from runalways import _policy
 
 PROBE = """
 import sys
-from runalways import _script
+from runalways import _policy
 frame = sys._getframe()
 _script_results = sys.modules["_probe_results"]
-_script_results.plain = _script.main_importer(frame, "probe") is not None
-_script_results.statement = _script.import_statement(_script.importer(frame))
+_script_results.plain = _policy.main_importer(frame, "probe") is not None
+_script_results.statement = _policy.import_statement(_policy.importer(frame))
 """
 
 SUBMODULE = """
 import sys
-from runalways import _script
-sys.modules["_probe_results"].sub = _script.main_importer(sys._getframe(), "probe.sub") is not None
+from runalways import _policy
+sys.modules["_probe_results"].sub = _policy.main_importer(sys._getframe(), "probe.sub") is not None
 """
 
 
@@ -81,7 +81,7 @@ def test_a_module_that_is_not_main_guards_nothing(probe: Results) -> None:
 
 
 def test_unknown_bytecode_layouts_are_decoded_with_dis(probe: Results, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_script, "_OPCODES", {})  # as on a Python version not in the table
+    monkeypatch.setattr(_policy, "_OPCODES", {})  # as on a Python version not in the table
     run_as_main("from probe import sub")
     assert probe.statement == ("probe", ("sub",))
     assert (probe.plain, probe.sub) == (False, True)
@@ -92,13 +92,13 @@ def test_unknown_bytecode_layouts_are_decoded_with_dis(probe: Results, monkeypat
     [("-c", "given the code with -c"), ("-", "from standard input"), ("", "from standard input"), ("x", "no file")],
 )
 def test_no_script_messages_say_why_and_what_to_do(argv0: str, how: str) -> None:
-    message = _script.no_script_message(argv0)
+    message = _policy.no_script_message(argv0)
     assert how in message and "save the code in a file and run that file" in message
 
 
 def test_the_main_script_file_is_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["./job.py"])
-    target = _script.script_target({"__file__": "/srv/jobs/job.py"})
+    target = _policy.main_script_target({"__file__": "/srv/jobs/job.py"})
     assert (target.path, target.display, target.name) == ("/srv/jobs/job.py", "./job.py", "job.py")
 
 
@@ -107,13 +107,13 @@ def test_a_zipapp_locks_its_archive(monkeypatch: pytest.MonkeyPatch) -> None:
         archive = "/srv/app.pyz"
 
     monkeypatch.setattr(sys, "argv", ["app.pyz"])
-    target = _script.script_target({"__file__": "/srv/app.pyz/__main__.py", "__loader__": ZipLoader()})
+    target = _policy.main_script_target({"__file__": "/srv/app.pyz/__main__.py", "__loader__": ZipLoader()})
     assert (target.path, target.name) == ("/srv/app.pyz", "app.pyz")
 
 
 def test_a_frozen_application_locks_its_executable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    assert _script.script_target({}).path == sys.executable
+    assert _policy.main_script_target({}).path == sys.executable
 
 
 @pytest.mark.parametrize("file", [None, "<stdin>", "<string>"])
@@ -121,4 +121,4 @@ def test_code_without_a_file_has_no_target(file: str | None) -> None:
     from runalways.errors import NoScriptError
 
     with pytest.raises(NoScriptError, match="no script file to lock"):
-        _script.script_target({"__file__": file} if file else {})
+        _policy.main_script_target({"__file__": file} if file else {})
