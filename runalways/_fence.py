@@ -192,9 +192,10 @@ def _os_error(call: str) -> OSError:
 def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` making a child die (SIGKILL) when this process dies; None where impossible.
 
-    ``runalways run`` starts its command with it under a self-fencing backend: when the
-    fence kills runalways, the kernel kills the command too, so the command never outlives
-    the lease. Only the command itself: processes it starts in turn are not covered.
+    ``runalways run`` starts its command with it: when runalways dies (killed, or fenced
+    by a backend whose lease ran out), the kernel kills the command too, so the command
+    never runs on without the lock. Only the command itself: processes it starts in turn
+    are not covered.
     """
     if not sys.platform.startswith("linux"):
         return None

@@ -158,10 +158,15 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
     """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status.
 
     The backend ``holding`` the lock may add to the command's environment (a fencing
-    token) and tie the command's life to ours (a backend that fences by killing us).
+    token). The command dies with us: if runalways is killed (SIGKILL, an OOM kill, a
+    fence), the lock is gone, and a command running on without it would run beside the
+    next copy (flock(1) avoids that by letting the command inherit the lock, which lets
+    a daemon it leaves behind keep every later run out).
     """
     import signal
     import subprocess
+
+    from runalways._fence import die_with_parent
 
     child: list[subprocess.Popen[bytes]] = []
     pending: list[int] = []
@@ -183,7 +188,7 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
                 [shown, *argv[1:]],
                 executable=argv[0],
                 env={**os.environ, **holding.child_environment()} if holding is not None else None,
-                preexec_fn=holding.child_preexec() if holding is not None else None,
+                preexec_fn=die_with_parent() if holding is not None else None,
             )
         )
     except OSError as error:

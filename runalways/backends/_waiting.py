@@ -63,8 +63,8 @@ def wait_for(block: "Callable[[], bool]", attempt: "Callable[[], bool]", timeout
     return granted or attempt()
 
 
-def poll_until(attempt: "Callable[[], bool]", timeout: float) -> bool:
-    """Try ``attempt`` with a doubling back-off (1 ms to 50 ms) until it succeeds or time is up."""
+def poll_until(attempt: "Callable[[], bool]", timeout: float, longest: float = 0.05) -> bool:
+    """Try ``attempt`` with a doubling back-off (1 ms up to ``longest``) until it succeeds or time is up."""
     deadline = time.monotonic() + timeout
     pause = 0.001
     while True:
@@ -74,4 +74,4 @@ def poll_until(attempt: "Callable[[], bool]", timeout: float) -> bool:
         if left <= 0:
             return False
         time.sleep(min(pause, left))
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, longest)

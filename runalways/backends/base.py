@@ -16,7 +16,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, ClassVar
+    from typing import ClassVar
 
     from runalways.errors import LockFailed
 
@@ -214,14 +214,6 @@ class Backend:
     def child_environment(self) -> dict[str, str]:
         """Variables ``runalways run`` adds to the environment of the command it runs holding this lock."""
         return {}
-
-    def child_preexec(self) -> "Callable[[], None] | None":
-        """What ``runalways run``'s command runs between fork and exec, or None.
-
-        A backend that kills its own process to fence a lost lock uses it to make the
-        command die with runalways (it would otherwise outlive the lock).
-        """
-        return None
 
     def close_in_forked_children(self) -> None:
         """RUNALWAYS_FORK=close: children made by fork() must not hold this lock.

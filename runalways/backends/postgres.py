@@ -59,7 +59,7 @@ from runalways.errors import LockFailed, SettingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any
 
     import psycopg
 
@@ -387,13 +387,6 @@ class PostgresBackend(Backend):
 
     def child_environment(self) -> dict[str, str]:
         return {} if self.token is None else {"RUNALWAYS_TOKEN": str(self.token)}
-
-    def child_preexec(self) -> Callable[[], None] | None:
-        if self._conn is None:
-            return None
-        from runalways._fence import die_with_parent
-
-        return die_with_parent()
 
     def holder(self) -> Holder | None:
         """The holder from pg_locks and pg_stat_activity (its label needs the same role or pg_read_all_stats)."""

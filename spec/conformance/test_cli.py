@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 import pytest
-from harness import TIMEOUT, Procs, assert_already_running, finish, wait_for_line
+from harness import TIMEOUT, Procs, assert_already_running, finish, kill, read_line, wait_for_line, wait_until
 
 RUNALWAYS = [sys.executable, "-m", "runalways"]
 HOLDER = [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"]
@@ -126,3 +127,24 @@ def test_run_waits_for_the_lock(procs: Procs) -> None:
     finish(holder)
     wait_for_line(waiter, "ready")  # got in once the holder ended
     assert finish(waiter).returncode == 0
+
+
+@pytest.mark.clause("R11.3")
+def test_the_command_dies_with_runalways_and_never_runs_on_unguarded(procs: Procs) -> None:
+    command = "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()"
+    wrapper = procs.start([*RUNALWAYS, "run", "--silent", "--name", "job", "--", sys.executable, "-c", command])
+    command_pid = int(read_line(wrapper))
+    kill(wrapper)  # SIGKILL: runalways cannot pass anything on, and its lock is gone
+    # The kernel kills the command too, so a next start never runs beside it.
+    wait_until(lambda: not os.path.exists(f"/proc/{command_pid}") or _zombie(command_pid), "the command to die")
+    follower = procs.start([*RUNALWAYS, "run", "--silent", "--name", "job", "--", *HOLDER])
+    wait_for_line(follower, "ready")
+    finish(follower)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
