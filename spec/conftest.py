@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from harness import Procs
+from harness import Procs, directory_others_can_read
 
 from runalways.backends import get_class, names
 
@@ -86,13 +84,8 @@ def fcntl_procs(tmp_path: Path) -> Iterator[Procs]:
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory the unprivileged user can read (pytest's own are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="runalways-spec-"))
-    path.chmod(0o755)
-    try:
+    with directory_others_can_read() as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.fixture

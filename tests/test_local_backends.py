@@ -14,12 +14,12 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from harness import directory_others_can_read
 
 from runalways.backends import get_class
 from runalways.backends.base import Target
@@ -257,13 +257,8 @@ def test_backends_exclude_each_other_only_within_one_lock_family(
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory another user can read (pytest's own are private)."""
-    path = Path(tempfile.mkdtemp(prefix="runalways-test-"))
-    path.chmod(0o755)
-    try:
+    with directory_others_can_read() as path:
         yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.mark.parametrize("backend", NEW)

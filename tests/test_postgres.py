@@ -26,7 +26,7 @@ from typing import Iterator
 import pgserver
 import psycopg
 import pytest
-from harness import reap, wait_until
+from harness import read_line, reap, wait_until
 
 from runalways.backends.postgres import FENCE_AT, lock_key
 
@@ -147,23 +147,6 @@ def jobs(server: pgserver.Server, tmp_path: Path) -> Iterator[Jobs]:
         yield started
     finally:
         started.reap()
-
-
-def read_line(process: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> str:
-    """The next stdout line, read a byte at a time so select() sees whatever follows it."""
-    assert process.stdout is not None
-    descriptor = process.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        ready, _, _ = select.select([descriptor], [], [], max(deadline - time.monotonic(), 0))
-        if not ready:
-            raise AssertionError(f"no complete line within {timeout} s (got {bytes(line)!r})")
-        byte = os.read(descriptor, 1)
-        if not byte:
-            break
-        line += byte
-    return line.decode()
 
 
 def token_of(line: str) -> int:

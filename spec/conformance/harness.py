@@ -7,12 +7,14 @@ runs until its stdin closes) and on lock state, never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -232,3 +234,14 @@ def same_lock_as(script: Path, capabilities: object) -> tuple[str, str]:
     if capabilities.identity == "name":  # type: ignore[attr-defined]
         return "name", script.name
     return "path", str(script)
+
+
+@contextlib.contextmanager
+def directory_others_can_read() -> Iterator[Path]:
+    """A directory the unprivileged user can read (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="runalways-spec-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
