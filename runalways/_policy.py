@@ -144,7 +144,11 @@ def _timeout(retry: "Retry | None") -> float:
 def script_target(main_globals: "dict[str, Any]", chosen: "Options") -> "Target":
     """The file to lock for the main script: the script itself unless RUNALWAYS_LOCK or
     RUNALWAYS_IDENTITY ask for a private lock file."""
-    target = main_script_target(main_globals)
+    return lock_for_script(main_script_target(main_globals), chosen)
+
+
+def lock_for_script(target: "Target", chosen: "Options") -> "Target":
+    """``target``, a script, or the private lock file RUNALWAYS_LOCK or RUNALWAYS_IDENTITY choose for it."""
     if chosen.lock is None and chosen.identity == "inode":
         return target
     refuse_lock_file(chosen, "RUNALWAYS_LOCK" if chosen.lock is not None else "RUNALWAYS_IDENTITY=path")

@@ -208,7 +208,8 @@ def _target(arguments: argparse.Namespace, chosen: _policy.Options) -> Target:
     script = arguments.script
     if not os.path.isfile(script):
         raise SettingError(f"{script!r} is not a file; give the script a guarded copy runs from")
-    return Target(script, display=script, name=os.path.basename(script))
+    # The lock the script takes under the same settings (RUNALWAYS_LOCK, RUNALWAYS_IDENTITY).
+    return _policy.lock_for_script(Target(script, display=script, name=os.path.basename(script)), chosen)
 
 
 def _status(arguments: argparse.Namespace) -> int:

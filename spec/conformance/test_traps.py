@@ -253,3 +253,16 @@ def test_the_alone_message_says_who_holds_the_lock(procs: Procs) -> None:
     assert loser.returncode == 1
     assert f"A copy of '{job}' is already running (pid {holder.pid}" in loser.stderr, loser.stderr
     finish(holder)
+
+
+@pytest.mark.clause("R12.3")
+def test_status_finds_a_holder_of_a_private_lock_file(procs: Procs, capabilities: object) -> None:
+    job = procs.script("job.py")
+    env = {"RUNALWAYS_LOCK": "private"}
+    if refuses_lock_files(procs, capabilities, job, env):
+        return
+    holder = procs.hold(job, env=env)
+    status = procs.run([*RUNALWAYS, "status", str(job)], env=env)
+    assert status.returncode == 0 and f"pid {holder.pid}" in status.stdout, status
+    finish(holder)
+    assert procs.run([*RUNALWAYS, "status", str(job)], env=env).returncode == 3
