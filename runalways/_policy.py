@@ -22,6 +22,10 @@ by the code of the ``__main__`` module. Everything else guards nothing:
   process itself), which re-run the main script as ``__mp_main__``;
 * the ``runalways`` console script and ``python -m runalways``.
 
+One exception keeps that rule from failing silently: when something loads runalways
+before the main script's own plain ``import runalways`` line (a library imported first),
+that line would load nothing; the guard runs at the first load instead.
+
 The statement is read from the importing frame: the instruction it is executing is the
 IMPORT_NAME of the statement, whose operand names the module and whose preceding
 constant is the ``from`` list.
@@ -40,8 +44,8 @@ from runalways.backends.base import Target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import FrameType
-    from typing import Any, Dict, Mapping, NoReturn, Optional, Tuple
+    from types import CodeType, FrameType
+    from typing import Any, Dict, Iterator, Mapping, NoReturn, Optional, Tuple
 
     from runalways._settings import Retry, RetryValue
     from runalways.backends.base import Backend
@@ -267,17 +271,42 @@ def import_statement(frame: "FrameType") -> "Statement | None":
 
 
 def _decoded_statement(frame: "FrameType") -> "Statement | None":
+    for offset, statement in _import_statements(frame.f_code):
+        if offset == frame.f_lasti:
+            return statement
+    return None
+
+
+def _import_statements(code: "CodeType") -> "Iterator[tuple[int, Statement]]":
+    """``(offset, (module name, from-list))`` of every import statement in ``code``, decoded with dis."""
     import dis
 
-    previous = None
-    for instruction in dis.get_instructions(frame.f_code):
-        if instruction.offset == frame.f_lasti:
-            if instruction.opname != "IMPORT_NAME":
-                return None
-            fromlist = previous.argval if previous is not None and previous.opname.startswith("LOAD_CONST") else None
-            return instruction.argval, fromlist
+    fromlist = None  # the constant loaded just before each IMPORT_NAME
+    for instruction in dis.get_instructions(code):
+        if instruction.opname == "IMPORT_NAME":
+            yield instruction.offset, (instruction.argval, fromlist)
         if instruction.opname != "EXTENDED_ARG":
-            previous = instruction
+            fromlist = instruction.argval if instruction.opname.startswith("LOAD_CONST") else None
+
+
+def _imported_later(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
+    """The main script's globals if its code, further on, has a plain ``import <wanted>``.
+
+    Something loaded runalways before that line did (a library imported first, or the
+    script's own ``import runalways.api``), so the line itself would load nothing and
+    guard nothing, silently. The guard runs now instead: the script asked for it.
+    """
+    main = None
+    outer: FrameType | None = frame
+    while outer is not None:  # the outermost module-level frame of __main__
+        if outer.f_globals.get("__name__") == "__main__" and outer.f_code.co_name == "<module>":
+            main = outer
+        outer = outer.f_back
+    if main is None or wanted not in main.f_code.co_names:  # the common case: no dis needed
+        return None
+    for offset, statement in _import_statements(main.f_code):
+        if offset > main.f_lasti and statement == (wanted, None):
+            return main.f_globals
     return None
 
 
@@ -285,14 +314,18 @@ def main_importer(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
     """The main script's globals if ``frame`` (a module being imported) was imported by
     ``import <wanted>`` in the main script, else None."""
     caller = importer(frame)
-    if caller is None or caller.f_globals.get("__name__") != "__main__":
+    if caller is None:
+        return None
+    if "." not in wanted:  # the package itself: only a plain ``import runalways [as x]``
+        if caller.f_globals.get("__name__") == "__main__" and import_statement(caller) == (wanted, None):
+            return caller.f_globals
+        return _imported_later(caller, wanted)
+    if caller.f_globals.get("__name__") != "__main__":
         return None
     statement = import_statement(caller)
     if statement is None:
         return None
     name, fromlist = statement
-    if "." not in wanted:  # the package itself: only a plain ``import runalways [as x]``
-        return caller.f_globals if name == wanted and fromlist is None else None
     package, _, submodule = wanted.rpartition(".")
     if name == wanted or (name == package and fromlist is not None and submodule in fromlist):
         return caller.f_globals

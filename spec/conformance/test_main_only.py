@@ -10,10 +10,20 @@ from harness import HOLD, Procs, finish, read_line
 
 @pytest.mark.clause("R4.1")
 def test_a_library_importing_runalways_guards_nothing(procs: Procs) -> None:
-    procs.script("helper_lib.py", "VALUE = 1\n")
+    procs.script("helper_lib.py", "VALUE = 1\n")  # its first line: import runalways
     job = procs.script("job.py", HOLD, header="import helper_lib\n")
     first, second = procs.hold(job), procs.hold(job)  # both run: nothing is locked
     assert finish(first).stderr == "" and finish(second).stderr == ""
+
+
+@pytest.mark.clause("R4.6")
+@pytest.mark.parametrize("first", ["import helper_lib\n", "import runalways.api\n", "from runalways import api\n"])
+def test_import_runalways_guards_even_when_runalways_was_loaded_before(procs: Procs, first: str) -> None:
+    procs.script("helper_lib.py", "import runalways.api\n", header="")  # a library using the API
+    job = procs.script("job.py", HOLD, header=first + "import runalways\n")
+    holder = procs.hold(job)
+    assert procs.run_python(job).stdout == ""  # the script's own import runalways still guards it
+    finish(holder)
 
 
 @pytest.mark.clause("R4.2")
