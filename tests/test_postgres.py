@@ -159,6 +159,12 @@ def finish(process: subprocess.Popen[bytes], stdin: bytes = b"") -> tuple[int, s
     return process.returncode, stdout.decode(), stderr.decode()
 
 
+#: How late died_before_line() may see a death: its polling step, plus scheduling on a
+#: loaded machine. The exact check is the effects file: no side effect of the old holder
+#: after the new one started.
+SEEN_LATE = 0.1
+
+
 def died_before_line(holder: subprocess.Popen[bytes], other: subprocess.Popen[bytes]) -> tuple[float, float]:
     """(when ``holder`` was seen dead, when ``other`` printed its line), both on time.monotonic().
 
@@ -250,7 +256,7 @@ def test_stopped_holder_is_fenced_and_does_nothing_after_sigcont(jobs: Jobs) -> 
     assert holder.wait(timeout=TIMEOUT) == -signal.SIGKILL  # the kernel timer, even while stopped
     # Killed at its deadline (0.8 TTL after its last heartbeat, < TTL/3 before the stop):
     # the lock came free when the process died, before the server's lease ran out.
-    assert died <= got_in
+    assert died <= got_in + SEEN_LATE
     # The lower bound is the safety property; the upper one only says "about the TTL",
     # with room for a loaded machine.
     assert FENCE_AT * TTL - TTL / 3 - 0.2 < got_in - stopped < 3 * TTL
@@ -265,7 +271,8 @@ def test_network_cut_fences_the_holder_before_another_starts(jobs: Jobs, server:
         proxy.cut()
         died, got_in = died_before_line(holder, waiter)
         assert holder.wait(timeout=TIMEOUT) == -signal.SIGKILL
-        assert died < got_in, f"holder seen dead {died - cut:.2f} s after the cut, other in at {got_in - cut:.2f} s"
+        seen = f"holder seen dead {died - cut:.2f} s after the cut, other in at {got_in - cut:.2f} s"
+        assert died < got_in + SEEN_LATE, seen
         # The server let the other in only when the lease (idle_session_timeout) ran out.
         assert TTL - TTL / 3 - 0.2 < got_in - cut < 3 * TTL
         assert [line for line in jobs.after_start_of(waiter.pid) if line == f"tick {holder.pid}"] == []
@@ -296,7 +303,7 @@ def test_server_restart_while_held_never_overlaps(own_server: pgserver.Server, t
         contender = jobs.job()
         died, got_in = died_before_line(holder, contender)
         assert holder.wait(timeout=TIMEOUT) == -signal.SIGKILL
-        assert died < got_in
+        assert died < got_in + SEEN_LATE
         # The new holder waited until the server was a TTL old.
         assert got_in - restarted >= TTL - 0.2
         assert [line for line in jobs.after_start_of(contender.pid) if line == f"tick {holder.pid}"] == []
