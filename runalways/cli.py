@@ -122,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _backends()
     except RunAlwaysError as error:
         _policy.fail(str(error))
+    except BrokenPipeError:
+        # The reader went away (`runalways backends | head`): no traceback, and no second
+        # error when Python flushes stdout at exit. Exit as a program killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 def _run(arguments: argparse.Namespace) -> int:

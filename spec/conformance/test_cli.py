@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -148,3 +149,14 @@ def _zombie(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.clause("R11.6")
+def test_a_reader_that_goes_away_gets_no_traceback(procs: Procs) -> None:
+    reader_read, reader_write = os.pipe()
+    os.close(reader_read)  # like `runalways backends | head -0`: nobody reads
+    listing = subprocess.run(
+        [*RUNALWAYS, "backends"], stdout=reader_write, stderr=subprocess.PIPE, env=procs.env(), timeout=TIMEOUT
+    )
+    os.close(reader_write)
+    assert listing.returncode == 128 + signal.SIGPIPE and listing.stderr == b""
