@@ -67,7 +67,7 @@ os.read(int(sys.argv[2]), 1)  # hold the lock until the test says the round is o
 GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
 
 COPIES = 32
-ROUNDS = 5
+ROUNDS = 10
 
 
 @pytest.mark.clause("R10.1")
