@@ -396,13 +396,15 @@ def test_an_unwritable_lock_directory_fails_cleanly(job: Job) -> None:
 def small_mount(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "mnt"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mount)], check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mount)], check=False, timeout=30
+    )
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["umount", str(mount)], check=False, timeout=30)
 
 
 @pytest.mark.parametrize("failure", ["ENOSPC", "EROFS"])
@@ -419,7 +421,7 @@ def test_a_full_or_read_only_file_system_fails_cleanly(job: Job, small_mount: Pa
         finally:
             os.close(filler)
     else:
-        subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True, timeout=30)
     code, out, err = job.run(env=job.env(RUNALWAYS_DIR=str(locks)))
     assert (code, out) == (2, "")
     assert err.startswith("runalways: cannot write the pidfile") and failure in err and err.count("\n") == 1
