@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
-import shutil
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
-from harness import directory_others_can_read
+from harness import as_nobody, directory_others_can_read, read_line, reap, send, wait_until
 
 from runalways.backends import get_class
 from runalways.backends.base import Target
@@ -121,10 +119,7 @@ class Procs:
         return self.run([sys.executable, "-m", "runalways", "status", "--backend", backend, str(job)], backend)
 
     def reap(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            process.communicate(timeout=TIMEOUT)
+        reap(self.started)
         for pid in self.pids:
             try:
                 os.kill(pid, 9)
@@ -142,23 +137,15 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 def expect(process: subprocess.Popen[bytes], wanted: str) -> str:
-    """Read lines until one starts with ``wanted``; fail on EOF or after TIMEOUT."""
-    assert process.stdout is not None
+    """Read lines until one starts with ``wanted``; fail at the end of output or after TIMEOUT."""
     deadline = time.monotonic() + TIMEOUT
     while True:
-        ready, _, _ = select.select([process.stdout], [], [], max(deadline - time.monotonic(), 0))
-        assert ready, f"no {wanted!r} line within {TIMEOUT} s"
-        line = process.stdout.readline().decode()
+        line = read_line(process, max(deadline - time.monotonic(), 0))
         if not line:
             _, stderr = process.communicate(timeout=TIMEOUT)
             raise AssertionError(f"ended (status {process.returncode}) before {wanted!r}: {stderr!r}")
         if line.startswith(wanted):
             return line.rstrip("\n")
-
-
-def send(process: subprocess.Popen[bytes], line: str) -> None:
-    assert process.stdin is not None
-    process.stdin.write(line.encode() + b"\n")
 
 
 def finish(process: subprocess.Popen[bytes]) -> int:
@@ -183,15 +170,6 @@ def locks_on(path: Path, waiting: bool = False) -> list[tuple[str, int]]:
     return found
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    pause = 0.001
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
 @pytest.fixture
 def job(procs: Procs) -> Path:
     path = procs.workdir / "job.py"
@@ -214,7 +192,7 @@ def test_holder_opening_and_closing_its_file_keeps_the_lock_only_if_declared(
     procs: Procs, job: Path, backend: str
 ) -> None:
     holder = procs.hold(job, backend)
-    send(holder, "reopen")
+    send(holder, "reopen\n")
     expect(holder, "reopened")
     kept = locks_on(job) != []
     # lockf's lock belongs to the process: closing any descriptor of the file drops it.
@@ -270,10 +248,7 @@ def test_a_read_only_script_fails_with_one_line_naming_a_backend_that_works(
     job.chmod(0o444)
     argv = [sys.executable, str(job)]
     if os.geteuid() == 0:  # root may write anything: run it as nobody
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv (util-linux) is needed to drop root's privileges")
-        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        argv = as_nobody(argv)
     outcome = procs.run(argv, backend)
     if not get_class(backend).capabilities.needs_write_access:
         assert (outcome.returncode, outcome.stdout) == (0, "body\n"), outcome
