@@ -50,6 +50,9 @@ class Guard:
     wait_doc: str = ""
     #: Why this guard is not measured here (a backend unusable on this machine), or "".
     skipped: str = ""
+    #: It keeps its lock file in runalways's lock directory (a pidfile, `runalways run`):
+    #: the workspace gets one of its own, so that what is left behind stays inside it.
+    lock_directory: bool = False
 
     @property
     def is_wrapper(self) -> bool:
@@ -214,6 +217,7 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
                 kernel_wait=kernel,
                 wait_doc=WAITING.get(name, "kernel wake-up (blocking lock call)" if kernel else "the backend's own"),
                 skipped=reason,
+                lock_directory=backend.capabilities.identity == "path",
             )
         )
     found.append(
@@ -226,6 +230,7 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
             wait_wrapper=(runalways_command, "run", "--wait", str(WAIT_SECONDS), "--", "{python}", "{script}"),
             kernel_wait=True,
             wait_doc="kernel wake-up, then the job's own start",
+            lock_directory=True,
         )
     )
     return found
@@ -259,6 +264,8 @@ def command(guard: Guard, python: str, path: Path, *, wait: bool = False) -> lis
 def environment(guard: Guard, base: dict[str, str], *, wait: bool = False) -> dict[str, str]:
     env = dict(base)
     env.update(guard.env)
+    if guard.lock_directory:
+        env["RUNALWAYS_DIR"] = os.path.join(env["TMPDIR"], "runalways")
     if wait:
         env.update(guard.wait_env)
     return env

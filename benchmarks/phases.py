@@ -84,9 +84,9 @@ class Workspace:
         return path
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
-        # No RUNALWAYS_DIR: any setting takes runalways off its fast path, and the job
-        # would not be measured as users run it. runalways's own lock directory follows
-        # TMPDIR (<tmp>/runalways-<uid>), so it stays inside the workspace all the same.
+        # No RUNALWAYS_DIR here: any setting takes runalways off its fast path, and the
+        # job would not be measured as users run it. Guards that keep lock files in
+        # runalways's lock directory get <tmp>/runalways (guards.environment).
         return {**base, "TMPDIR": str(self.tmp)}
 
     def files(self, skip: tuple[Path, ...] = ()) -> list[str]:

@@ -87,7 +87,6 @@ def child_environment() -> dict[str, str]:
         "PYTHONHOME",
         "PYTHONSTARTUP",
         "PYTHONPROFILEIMPORTTIME",
-        "XDG_RUNTIME_DIR",  # runalways's lock directory then follows each workspace's TMPDIR
     )
     env = {
         key: value

@@ -22,9 +22,11 @@ by the code of the ``__main__`` module. Everything else guards nothing:
   process itself), which re-run the main script as ``__mp_main__``;
 * the ``runalways`` console script and ``python -m runalways``.
 
-One exception keeps that rule from failing silently: when something loads runalways
+Two exceptions keep that rule from failing silently. When something loads runalways
 before the main script's own plain ``import runalways`` line (a library imported first),
-that line would load nothing; the guard runs at the first load instead.
+that line would load nothing; the guard runs at the first load instead. And a packaged
+tool's ``__main__`` is a generated launcher: the plain ``import runalways`` of the module
+it imports its entry point from guards the tool (``_tool_launched``).
 
 The statement is read from the importing frame: the instruction it is executing is the
 IMPORT_NAME of the statement, whose operand names the module and whose preceding
@@ -182,11 +184,19 @@ def skipped(chosen: "Options", display: str) -> bool:
 def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
     backend = chosen.backend(target)
-    if not backend.take(chosen.timeout):
+    taken = backend.take(chosen.timeout)
+    earlier = None
+    if taken and "runalways._lockdir" in sys.modules:  # only a lock in the lock directory loads it
+        from runalways._lockdir import earlier_holder
+
+        earlier = earlier_holder(backend)
+        if earlier is not None:  # a copy started by runalways 0.1 still runs: this one must not
+            backend.release()
+    if not taken or earlier is not None:
         if policy == ALONE and not chosen.silent:
             # Say who holds it: "already running" alone leaves an operator guessing
             # whether a job hangs, or whether another user squats its lock.
-            holder = backend.holder()
+            holder = backend.holder() if earlier is None else earlier[1]
             about = "" if holder is None else f" ({holder.describe()})"
             _say(f"A copy of '{target.display}' is already running{about}")
         raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
@@ -317,9 +327,11 @@ def main_importer(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
     if caller is None:
         return None
     if "." not in wanted:  # the package itself: only a plain ``import runalways [as x]``
-        if caller.f_globals.get("__name__") == "__main__" and import_statement(caller) == (wanted, None):
-            return caller.f_globals
-        return _imported_later(caller, wanted)
+        if caller.f_globals.get("__name__") == "__main__":
+            if import_statement(caller) == (wanted, None):
+                return caller.f_globals
+            return _imported_later(caller, wanted)
+        return _imported_later(caller, wanted) or _tool_launched(caller, wanted)
     if caller.f_globals.get("__name__") != "__main__":
         return None
     statement = import_statement(caller)
@@ -330,6 +342,55 @@ def main_importer(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
     if name == wanted or (name == package and fromlist is not None and submodule in fromlist):
         return caller.f_globals
     return None
+
+
+def _tool_launched(caller: "FrameType", wanted: str) -> "dict[str, Any] | None":
+    """The launcher's globals if ``caller`` is a tool's entry-point module, importing runalways plainly.
+
+    A pip-installed console script runs a generated launcher as ``__main__``::
+
+        from mytool.cli import main
+        if __name__ == "__main__":
+            sys.exit(main())
+
+    so the ``import runalways`` that the tool's author put first in ``mytool/cli.py`` runs
+    in a module that is not ``__main__``, and would guard nothing. It guards the tool
+    (the launcher, the file cron runs) when it is a module-level statement of the module
+    the ``__main__`` module is importing at that moment, and that ``__main__`` is the
+    tool's launcher: a console or GUI script whose installed entry point names that
+    module, or the ``__main__.py`` of that module's package (``python -m mytool``).
+    A library the tool imports in turn, or one that an ordinary script imports, is not
+    imported by a launcher for its entry point, and guards nothing (R4.1).
+    """
+    if caller.f_code.co_name != "<module>" or import_statement(caller) != (wanted, None):
+        return None
+    launcher = importer(caller)
+    if launcher is None or launcher.f_code.co_name != "<module>" or launcher.f_globals.get("__name__") != "__main__":
+        return None
+    module = str(caller.f_globals.get("__name__"))
+    statement = import_statement(launcher)
+    if statement is None or statement[0] != module:
+        return None
+    spec = launcher.f_globals.get("__spec__")
+    if spec is not None and spec.name.endswith(".__main__"):  # python -m package
+        package = spec.name[: -len(".__main__")]
+        return launcher.f_globals if module == package or module.startswith(package + ".") else None
+    return launcher.f_globals if _console_script_of(module, launcher.f_globals) else None
+
+
+def _console_script_of(module: str, launcher_globals: "dict[str, Any]") -> bool:
+    """Whether an installed console or GUI script named as the launcher has its entry point in ``module``."""
+    import re
+
+    from runalways.backends import entry_points
+
+    launcher = os.path.basename(str(launcher_globals.get("__file__") or ""))
+    name = re.sub(r"(-script\.pyw?|\.exe)$", "", launcher)
+    for group in ("console_scripts", "gui_scripts"):
+        for entry in entry_points(group):
+            if entry.name == name and entry.value.partition(":")[0].strip() == module:
+                return True
+    return False
 
 
 def interactive() -> bool:

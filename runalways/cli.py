@@ -23,7 +23,7 @@ from runalways import _policy
 from runalways._lockdir import lock_file_target
 from runalways._settings import parse_exit_code, parse_retry, parse_seconds
 from runalways.backends import get_class, names
-from runalways.backends.base import Backend, Target
+from runalways.backends.base import Backend, FileLockBackend, Holder, Target
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -156,7 +156,10 @@ def _run(arguments: argparse.Namespace) -> int:
         target = Target(None, display=display, name=identity)
     policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
     holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen)
-    return _supervise([executable, *command[1:]], command[0], holding)
+    status = _supervise([executable, *command[1:]], command[0], holding)
+    if holding is not None:
+        holding.release()  # removes a lock file runalways named itself: none is left per argument
+    return status
 
 
 def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> int:
@@ -226,36 +229,63 @@ def _status(arguments: argparse.Namespace) -> int:
     asked = chosen.backend(target)
     holder = asked.holder()
     backend = chosen.backend.name
+    lock_file = asked.lock_file()
+    # Say where it looked, unless that is the script itself: a lock file's place is what
+    # tells "not running" from "looked in another place than the holder".
+    where = "" if lock_file in (None, arguments.script) else f"\n  lock file: {lock_file}"
     if holder is None:
+        earlier = _earlier_holder(asked)
+        if earlier is not None:
+            path, holder = earlier
+            print(f"'{target.display}' is running: {holder.describe()} (backend {backend}){where}")
+            print(f"  it holds {path}, where runalways 0.1 kept lock files: new starts see it and do not run")
+            return 0
         left = "" if asked.stale is None else f"; left behind by {asked.stale.describe()}"
-        print(f"'{target.display}' is not running (backend {backend}){left}")
-        if arguments.script and chosen.backend.capabilities.identity == "inode":
-            return _status_of_replaced(target)
-        return NOT_RUNNING
+        print(f"'{target.display}' is not running (backend {backend}){left}{where}")
+        return 0 if _holders_of_removed_files(target, asked) else NOT_RUNNING
     if holder.excludes:
-        print(f"'{target.display}' is running: {holder.describe()} (backend {backend})")
+        print(f"'{target.display}' is running: {holder.describe()} (backend {backend}){where}")
     else:  # a copy started with another backend: flock and POSIX locks do not exclude each other
         lock = _LOCK_KINDS.get(holder.kind or "", "another kind of")
         by = "by " if holder.pid is not None else ""
         held = f"held with {lock} lock {by}{holder.describe()}"
-        print(f"'{target.display}' is running: {held} (not excluded by the {backend} backend)")
+        print(f"'{target.display}' is running: {held} (not excluded by the {backend} backend){where}")
     if holder.command:
         print(f"  command: {holder.command}")
+    _holders_of_removed_files(target, asked)
     return 0
 
 
-def _status_of_replaced(target: Target) -> int:
-    """A copy may still run from a previous version of the script that was replaced."""
+def _earlier_holder(asked: Backend) -> tuple[str, Holder] | None:
+    if "runalways._lockdir" not in sys.modules:
+        return None
+    from runalways._lockdir import earlier_holder
+
+    return earlier_holder(asked)
+
+
+def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
+    """Copies still holding a lock on a file that was at the lock's path: say so, loudly.
+
+    A deploy that renames a new script over a running one, or a lock file deleted by hand
+    or by a cleaner while its holder runs, leaves the holder locking a nameless file: the
+    next start locks the file now at the path and runs beside it. No start can see that.
+    """
     from runalways import _proc
 
-    assert target.path is not None
-    orphans = _proc.replaced_holders(target.path)
+    path = asked.lock_file()
+    if path is None or not isinstance(asked, FileLockBackend):
+        return False
+    orphans = _proc.replaced_holders(path)
     for holder in orphans:
-        print(
-            f"  but a copy started before the file was replaced still runs: {holder.describe()}; "
-            "a new copy can start beside it (RUNALWAYS_IDENTITY=path keeps deploys out)"
-        )
-    return 0 if orphans else NOT_RUNNING
+        if target.create:
+            print(f"  pid {holder.pid} holds a lock on a deleted file: another copy can start ({holder.describe()})")
+        else:
+            print(
+                f"  but a copy started before the file was replaced still runs: {holder.describe()}; "
+                "a new copy can start beside it (RUNALWAYS_IDENTITY=path keeps deploys out)"
+            )
+    return bool(orphans)
 
 
 def _backends() -> int:

@@ -187,7 +187,7 @@ def test_second_copy_is_refused_while_the_first_runs(job: Job) -> None:
     holder = job.hold()
     fields = job.fields()
     assert fields["pid"] == str(holder.pid) and fields["script"] == str(job.script)
-    assert stat.S_IMODE(job.pidfile.stat().st_mode) == 0o600
+    assert stat.S_IMODE(job.pidfile.stat().st_mode) == 0o1600
     assert refused(job)
     code, out, _ = status(job)
     assert code == 0 and f"pid {holder.pid}" in out and "backend pidfile" in out

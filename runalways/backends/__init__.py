@@ -37,15 +37,18 @@ def _load(spec: str) -> "type[Backend]":
     return backend
 
 
-def _entry_points() -> "dict[str, EntryPoint]":
-    from importlib.metadata import entry_points
+def entry_points(group: str) -> "list[EntryPoint]":
+    """The entry points of ``group`` of every installed distribution (slow: only off the common path)."""
+    from importlib.metadata import entry_points as installed
 
-    found = entry_points()
+    found = installed()
     if hasattr(found, "select"):  # Python 3.10 and later
-        group = found.select(group=ENTRY_POINT_GROUP)
-    else:
-        group = found.get(ENTRY_POINT_GROUP, [])  # type: ignore[arg-type,attr-defined,unused-ignore]
-    return {entry.name: entry for entry in group}
+        return list(found.select(group=group))
+    return list(found.get(group, []))  # type: ignore[arg-type,attr-defined,unused-ignore]
+
+
+def _entry_points() -> "dict[str, EntryPoint]":
+    return {entry.name: entry for entry in entry_points(ENTRY_POINT_GROUP)}
 
 
 def names() -> list[str]:

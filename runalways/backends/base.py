@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 #: EWOULDBLOCK (== EAGAIN on Linux); POSIX lets fcntl(F_SETLK) answer EACCES too.
 CONTENTION = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
 
+#: The mode of lock files runalways creates: its owner reads and writes them, and the
+#: sticky bit keeps age-based cleaners off them. systemd-tmpfiles skips files with the
+#: sticky bit when it ages /tmp and /var/tmp, and the XDG base-directory specification
+#: lets cleaners of XDG_RUNTIME_DIR remove only files without it: a held lock file that
+#: a cleaner removes lets the next start create a new one and run beside the holder.
+LOCK_FILE_MODE = 0o1600
+
+#: How many times a start re-opens a lock file that was removed or replaced while it
+#: took the lock, before it gives up (each round needs another release in between).
+REOPEN_ROUNDS = 100
+
 #: Which kinds of lock in /proc/locks keep out a lock of each kind. On a local Linux file
 #: system flock(2) locks and POSIX record locks never conflict, while traditional POSIX
 #: and OFD locks do: the fcntl backend runs beside a lockf holder, ofd does not.
@@ -140,25 +151,38 @@ class Target:
     file get one in the private lock directory from :meth:`file`.
     """
 
-    __slots__ = ("create", "display", "name", "path", "private")
+    __slots__ = ("create", "display", "disposable", "name", "path", "private")
 
     def __init__(
-        self, path: "str | None", display: str, name: str, *, create: bool = False, private: bool = False
+        self,
+        path: "str | None",
+        display: str,
+        name: str,
+        *,
+        create: bool = False,
+        private: bool = False,
+        disposable: bool = False,
     ) -> None:
         self.path = path
         #: How messages name it: sys.argv[0] as given, the command, or the lock name.
         self.display = display
         #: A host-independent name (the script's file name, or --name).
         self.name = name
+        #: The file is created when missing (a lock file, not the script).
         self.create = create
+        #: Opened without following a symbolic link (a lock file, not the script).
         self.private = private
+        #: runalways named the file itself, in the private lock directory: it is removed
+        #: at release, so that a command run with a new argument every day does not leave
+        #: a file a day behind. Never a file the user named.
+        self.disposable = disposable
 
     def file(self) -> str:
         if self.path is None:
             from runalways._lockdir import lock_file_for
 
             self.path = lock_file_for(self.name)
-            self.create = self.private = True
+            self.create = self.private = self.disposable = True
         return self.path
 
 
@@ -210,6 +234,10 @@ class Backend:
     def holder(self) -> "Holder | None":
         """Who holds the lock now, or None if nobody does. Never takes the lock."""
         raise NotImplementedError
+
+    def lock_file(self) -> "str | None":
+        """The file that holds the lock, for backends that lock one (status shows it)."""
+        return None
 
     def child_environment(self) -> dict[str, str]:
         """Variables ``runalways run`` adds to the environment of the command it runs holding this lock."""
@@ -264,12 +292,15 @@ class FileLockBackend(Backend):
         if self.target.private:
             flags |= os.O_NOFOLLOW
         try:
-            self._fd = os.open(path, flags, 0o600)
+            self._fd = os.open(path, flags, LOCK_FILE_MODE)
         except OSError as error:
             from runalways.errors import LockFailed
 
             raise LockFailed(self._open_failure(path, error)) from None
         return self._fd
+
+    def lock_file(self) -> str:
+        return self.target.file()
 
     def _open_failure(self, path: str, error: "OSError") -> str:
         why = error.strerror or str(error)
@@ -290,13 +321,40 @@ class FileLockBackend(Backend):
             self._fd = None
 
     def _attempt(self, blocking: bool) -> bool:
-        fd = self._open()
+        for _ in range(REOPEN_ROUNDS):
+            fd = self._open()
+            try:
+                self._lock(fd, blocking)
+            except OSError as error:
+                if error.errno in CONTENTION:
+                    return False
+                raise self._failure(error) from None
+            if not self.target.create or self._still_at_its_path():
+                return True
+            # The file was removed (a holder releasing it, a cleaner) or replaced while
+            # this start waited for it: a lock on it keeps nobody out. Lock the file
+            # that is there now, as a start that came later would.
+            self._close()
+        from runalways.errors import LockFailed
+
+        raise LockFailed(
+            f"the lock file {self.target.file()!r} was removed or replaced {REOPEN_ROUNDS} times while this "
+            "copy took it: something keeps deleting it; keep other programs out of the lock directory"
+        )
+
+    def _still_at_its_path(self) -> bool:
+        """Whether the file just locked is still the file at the target's path."""
+        fd = self._open()  # the descriptor locked (a backend may have re-opened the file)
+        mine = os.fstat(fd)
         try:
-            self._lock(fd, blocking)
-        except OSError as error:
-            if error.errno in CONTENTION:
-                return False
-            raise self._failure(error) from None
+            there = os.lstat(self.target.file())
+        except FileNotFoundError:
+            return False
+        if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+            return False
+        if self.target.disposable and not mine.st_mode & 0o1000 and mine.st_uid == os.geteuid():
+            # A lock file runalways made before its lock files had the sticky bit.
+            os.fchmod(fd, LOCK_FILE_MODE)
         return True
 
     def _failure(self, error: "OSError") -> "LockFailed":
@@ -325,8 +383,29 @@ class FileLockBackend(Backend):
 
     def release(self) -> None:
         if self._fd is not None:
+            if self.target.disposable:
+                self._remove_locked_file(self._fd)
             self._unlock(self._fd)
             self._close()
+
+    def _remove_locked_file(self, fd: int) -> None:
+        """Remove the lock file while still holding its lock.
+
+        Safe because every start checks, once it holds a lock file, that the file is
+        still at its path (``_attempt``): a copy that waited on this file wakes, finds
+        it gone and locks the new file, where at most one copy gets in. Removing a lock
+        file at release without that check is the race that let two copies run in
+        tendo, filelock, portalocker and fasteners. Nobody else removes or replaces the
+        file while we hold its lock, so the name still names our file here.
+        """
+        path = self.target.file()
+        mine = os.fstat(fd)
+        try:
+            there = os.lstat(path)
+            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                os.unlink(path)
+        except OSError:
+            pass  # gone already, or the directory is read-only now: the file is harmless
 
     def close_in_forked_children(self) -> None:
         # The child closes its copy of the descriptor without unlocking: an unlock in

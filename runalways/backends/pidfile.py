@@ -21,8 +21,9 @@ CVE-2025-68146) let a planted symlink truncate any file the victim could write.
 seconds the process started), ``script`` or ``name``, and ``token``, 128 random bits
 that make every pidfile ever written unique. The file appears with its full content at
 once: written to a temporary file in the same directory, fsync()ed, then link()ed to
-the pidfile's name, which fails if the name exists. It is 0600, as every lock file
-runalways creates: its owner (and root) read it. Where the file system has no hard
+the pidfile's name, which fails if the name exists. It is 0600 with the sticky bit, as
+every lock file runalways creates: its owner (and root) read it, and age-based cleaners
+leave it alone (``base.LOCK_FILE_MODE``). Where the file system has no hard
 links (vfat), the pidfile is created with O_EXCL and written in place instead.
 
 **Stale.** A pidfile is stale when its boot id is not this boot's, its pid is gone (or a
@@ -89,7 +90,7 @@ import time
 
 from runalways import _lockdir, _proc
 from runalways.backends._waiting import poll_until
-from runalways.backends.base import Backend, Capabilities, Holder
+from runalways.backends.base import LOCK_FILE_MODE, Backend, Capabilities, Holder
 from runalways.errors import LockFailed
 
 TYPE_CHECKING = False
@@ -296,6 +297,9 @@ class PidfileBackend(Backend):
                 self._path = _lockdir.lock_file_for(resolved, os.path.basename(resolved), suffix=".pid")
         return self._path
 
+    def lock_file(self) -> str:
+        return self.pidfile
+
     # -- taking and giving up -----------------------------------------------------------
 
     def try_acquire(self) -> bool:
@@ -479,7 +483,7 @@ class PidfileBackend(Backend):
     def _create_in_place(self, path: str, record: Fields) -> bool:
         """No hard links here: O_EXCL, then write. Readers meanwhile see a malformed file (held)."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_FILE_MODE)
         except FileExistsError:
             return False
         except OSError as error:
@@ -498,7 +502,7 @@ class PidfileBackend(Backend):
         directory, base = os.path.split(path)
         temp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_FILE_MODE)
         except OSError as error:
             raise self._failure(path, error) from None
         try:

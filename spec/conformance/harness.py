@@ -8,6 +8,7 @@ runs until its stdin closes) and on lock state, never on sleeps.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import shutil
@@ -18,7 +19,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 #: Seconds any one process may take before the test fails (and the process is killed).
 TIMEOUT = 30.0
@@ -91,6 +92,22 @@ class Procs:
             bufsize=0,  # unbuffered: read_line() must never read past the line it returns
             env=self.env(env),
             cwd=cwd or self.workdir,
+        )
+        self.started.append(process)
+        return process
+
+    def start_as_given(
+        self, argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start with exactly ``env``: no private lock directory, no backend, nothing else added."""
+        process = subprocess.Popen(
+            [os.fspath(arg) for arg in argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env=dict(env),
+            cwd=cwd or "/",
         )
         self.started.append(process)
         return process
@@ -245,3 +262,90 @@ def directory_others_can_read() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)
+
+
+class Account(NamedTuple):
+    """A local user the suite created, and its home (None: it has none)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path | None
+
+
+_account_numbers = itertools.count()
+
+
+@contextlib.contextmanager
+def local_account(homes: Path, *, home: bool = True, system: bool = False) -> Iterator[Account]:
+    """A new local user (the suite runs as root), removed afterwards.
+
+    With ``home``, its home is a directory of its own in ``homes``; without, the password
+    database names ``/nonexistent``, as for ``nobody``. ``system`` gives it a uid below
+    1000, as Debian gives ``www-data`` and the daemons' accounts.
+    """
+    if os.geteuid() != 0:
+        raise AssertionError("this case runs as root, to create a local user")
+    name = f"ra{os.getpid()}x{next(_account_numbers)}"
+    folder = homes / name
+    argv = ["useradd", "--user-group", "--shell", "/bin/sh", "--no-create-home"]
+    argv += ["--home-dir", str(folder) if home else "/nonexistent", *(["--system"] if system else []), name]
+    subprocess.run(argv, check=True, capture_output=True, timeout=TIMEOUT)
+    try:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        if home:
+            folder.mkdir(mode=0o755)
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+        yield Account(name, entry.pw_uid, entry.pw_gid, folder if home else None)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=TIMEOUT)
+
+
+def as_account(account: Account, argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """``argv`` run as ``account`` (the tests run as root)."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is needed to drop privileges"
+    return [
+        setpriv,
+        f"--reuid={account.uid}",
+        f"--regid={account.gid}",
+        "--clear-groups",
+        *(os.fspath(arg) for arg in argv),
+    ]
+
+
+#: Mounts a tmpfs over /tmp in a new mount namespace, as systemd's PrivateTmp=yes gives a
+#: unit a /tmp of its own, keeping visible the paths under /tmp that the job needs (the
+#: interpreter or the project may live there).
+_PRIVATE_TMP = r"""
+set -e
+stash=$1; shift
+mount --bind /tmp "$stash"
+mount -t tmpfs -o mode=1777 private-tmp /tmp
+while [ "$1" != "--" ]; do
+    mkdir -p "$1"; mount --bind "$stash/${1#/tmp/}" "$1"; shift
+done
+shift
+exec "$@"
+"""
+
+
+def in_private_tmp(argv: Sequence[str | os.PathLike[str]], stash: Path) -> list[str]:
+    """``argv`` run with a new, empty /tmp of its own (root only); ``stash`` is an empty directory."""
+    import runalways
+
+    needed = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    needed.add(os.path.dirname(os.path.dirname(os.path.realpath(runalways.__file__))))
+    under_tmp = sorted(path for path in needed if path.startswith("/tmp/"))
+    keep = [path for path in under_tmp if not any(path.startswith(other + "/") for other in under_tmp)]
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _PRIVATE_TMP, "sh", str(stash)]
+    return [*unshare, *keep, "--", *(os.fspath(arg) for arg in argv)]
+
+
+def with_machine_id(argv: Sequence[str | os.PathLike[str]], machine_id_file: Path) -> list[str]:
+    """``argv`` run where /etc/machine-id says what ``machine_id_file`` says: another host (root only)."""
+    mount = 'mount --bind "$0" /etc/machine-id && exec "$@"'
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(machine_id_file)]
+    return [*unshare, *(os.fspath(arg) for arg in argv)]

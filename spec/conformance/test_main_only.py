@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
-from harness import HOLD, Procs, finish, read_line
+from harness import HOLD, TIMEOUT, Procs, finish, read_line
 
 
 @pytest.mark.clause("R4.1")
@@ -115,3 +118,94 @@ def test_multiprocessing_children_are_not_guarded(procs: Procs, method: str) -> 
     second = procs.run_python(job, method)  # the lock stayed with the parent
     assert (second.returncode, second.stdout) == (0, "")
     finish(holder)
+
+
+#: A tool as its author writes it: ``import runalways`` first in the module of its entry point.
+MAIN = "\n\ndef main():\n    print('ready', flush=True)\n    sys.stdin.read()\n"
+TOOL = {
+    "mytool/__init__.py": "",
+    "mytool/cli.py": "import runalways\nimport sys\n" + MAIN,
+    "mytool/__main__.py": "from mytool.cli import main\n\nmain()\n",
+    # A second tool of the package whose entry point uses a library that imports runalways.
+    "mytool/helper.py": "import runalways\n",
+    "mytool/other.py": "import sys\n\nimport mytool.helper\n" + MAIN,
+}
+ENTRY_POINTS = "[console_scripts]\nmytool = mytool.cli:main\nothertool = mytool.other:main\n"
+
+
+def _wheel(folder: Path) -> Path:
+    """The tool as a wheel, as a build backend would make it."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = "mytool-1.0.dist-info"
+    files = {
+        **TOOL,
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: mytool\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: runalways-spec\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": ENTRY_POINTS,
+    }
+    wheel = folder / "mytool-1.0-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            archive.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        archive.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tool installed by pip into a virtual environment of its own, as pipx does: its bin/."""
+    import runalways
+
+    folder = tmp_path_factory.mktemp("tool")
+    venv = folder / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=TIMEOUT)
+    install = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-index"]
+    subprocess.run([*install, "--no-deps", "-q", _wheel(folder)], check=True, timeout=TIMEOUT)
+    # runalways and what its backends need, as the tool's dependencies: this checkout and
+    # the packages of the suite's own environment, on the tool environment's path.
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    paths = [str(Path(runalways.__file__).resolve().parent.parent), *sysconfig.get_paths()["purelib"].split()]
+    (site / "runalways-checkout.pth").write_text("\n".join(paths) + "\n")
+    return venv / "bin"
+
+
+@pytest.mark.clause("R4.7")
+def test_an_installed_console_script_is_guarded(procs: Procs, tool: Path, capabilities: object) -> None:
+    launcher = tool / "mytool"
+    assert "from mytool.cli import main" in launcher.read_text()  # what pip generated
+    # A backend that locks the launcher for writing makes Linux refuse to execute it (R1.1).
+    interpreter = [tool / "python"] if capabilities.needs_write_access else []  # type: ignore[attr-defined]
+    holder = procs.start([*interpreter, launcher])
+    assert read_line(holder) == "ready\n"
+    assert procs.run([*interpreter, launcher]).stdout == ""  # the second copy exits 0 and runs nothing
+    # pipx puts a symbolic link to the launcher on PATH: the same tool, the same lock.
+    linked = procs.workdir / "bin" / "mytool"
+    linked.parent.mkdir()
+    linked.symlink_to(launcher)
+    again = procs.run([*interpreter, linked])
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", ""), again
+    first = finish(holder)
+    assert first.stderr.startswith(f"'{launcher}' has been started at "), first
+
+
+@pytest.mark.clause("R4.7")
+def test_python_dash_m_of_the_tool_package_is_guarded(procs: Procs, tool: Path) -> None:
+    holder = procs.start([tool / "python", "-m", "mytool"])
+    assert read_line(holder) == "ready\n"
+    second = procs.run([tool / "python", "-m", "mytool"])
+    assert (second.returncode, second.stdout) == (0, ""), second
+    finish(holder)
+
+
+@pytest.mark.clause("R4.7")
+def test_a_library_of_a_tool_guards_nothing(procs: Procs, tool: Path) -> None:
+    first, second = procs.start([tool / "othertool"]), procs.start([tool / "othertool"])
+    assert read_line(first) == "ready\n" and read_line(second) == "ready\n"
+    assert finish(first).stderr == "" and finish(second).stderr == ""

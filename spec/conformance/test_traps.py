@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -9,7 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import HOLD, TIMEOUT, Procs, as_nobody, finish, lines, nobody_env, read_line, same_lock_as, wait_for_line
+from harness import (
+    HOLD,
+    TIMEOUT,
+    Procs,
+    as_nobody,
+    finish,
+    lines,
+    nobody_env,
+    read_line,
+    same_lock_as,
+    wait_for_line,
+    wait_until,
+)
 from test_caveats import DAEMONISE, second_copy_refused
 
 from runalways.backends import get_class
@@ -167,15 +180,36 @@ def test_status_sees_a_copy_running_from_a_replaced_script(procs: Procs, capabil
 
 
 @pytest.mark.clause("R12.5")
-def test_lock_files_runalways_creates_are_never_deleted(procs: Procs) -> None:
+def test_lock_files_runalways_names_are_removed_at_release(procs: Procs) -> None:
     locks = procs.workdir / "locks"
-    assert procs.run([*RUNALWAYS, "run", "--silent", "--name", "kept", "--", "true"]).returncode == 0
-    created = sorted(path.name for path in locks.iterdir())
+    for day in ("2026-11-28", "2026-11-29"):  # a command run with a new argument every day
+        assert procs.run([*RUNALWAYS, "run", "--silent", "--", "true", day]).returncode == 0
+    with contextlib.suppress(FileNotFoundError):
+        assert sorted(path.name for path in locks.iterdir()) == []
+
+
+@pytest.mark.clause("R12.5")
+def test_a_copy_that_waited_on_a_released_file_locks_the_new_one(procs: Procs) -> None:
+    """The waiter wakes holding a lock on the file its holder removed: it must lock the new file."""
+    first = procs.start([*RUNALWAYS, "run", "--name", "handed", "--", sys.executable, "-c", HOLD])
+    wait_for_line(first, "ready")
+    waiter = procs.start([*RUNALWAYS, "run", "--wait", "30", "--name", "handed", "--", sys.executable, "-c", HOLD])
     if issubclass(get_class(procs.backend), FileLockBackend):
-        assert len(created) == 1  # a kernel lock on a file of its own, which stays
-    # (A backend whose lock is the file's existence, as pidfile, removes it by its own protocol.)
-    assert procs.run([*RUNALWAYS, "run", "--silent", "--name", "kept", "--", "true"]).returncode == 0
-    assert sorted(path.name for path in locks.iterdir()) == created
+        lock_file = next((procs.workdir / "locks").iterdir())
+        wait_until(lambda: _waiters_on(lock_file) > 0, "the second copy to wait on the lock file")
+    finish(first)
+    wait_for_line(waiter, "ready")  # the waiter got in, and holds the lock at the file's path now
+    late = procs.run([*RUNALWAYS, "run", "--name", "handed", "--", sys.executable, "-c", "print('ran')"])
+    assert (late.returncode, late.stdout) == (0, ""), late
+    finish(waiter)
+
+
+def _waiters_on(path: Path) -> int:
+    """Lock requests blocked on ``path``, from /proc/locks (a "->" after the number)."""
+    status = path.stat()
+    wanted = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    with open("/proc/locks") as listing:
+        return sum(1 for line in listing if "->" in line.split()[:2] and wanted in line.split())
 
 
 CHURN_BODY = (
