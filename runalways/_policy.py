@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, Iterator, Mapping, NoReturn, Optional, Tuple
 
     from runalways._settings import Retry, RetryValue
-    from runalways.backends.base import Backend
+    from runalways.backends.base import Backend, Holder
 
     Statement = Tuple[str, Optional[Tuple[str, ...]]]
 
@@ -185,18 +185,12 @@ def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
     backend = chosen.backend(target)
     taken = backend.take(chosen.timeout)
-    earlier = None
-    if taken and "runalways._lockdir" in sys.modules:  # only a lock in the lock directory loads it
-        from runalways._lockdir import earlier_holder
-
-        earlier = earlier_holder(backend)
-        if earlier is not None:  # a copy started by runalways 0.1 still runs: this one must not
-            backend.release()
+    earlier = earlier_copy(backend) if taken else None
     if not taken or earlier is not None:
         if policy == ALONE and not chosen.silent:
             # Say who holds it: "already running" alone leaves an operator guessing
             # whether a job hangs, or whether another user squats its lock.
-            holder = backend.holder() if earlier is None else earlier[1]
+            holder = earlier or backend.holder()
             about = "" if holder is None else f" ({holder.describe()})"
             _say(f"A copy of '{target.display}' is already running{about}")
         raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
@@ -208,6 +202,21 @@ def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     if not chosen.silent:
         _say(f"'{target.display}' has been started at {int(time.time())}")
     return backend
+
+
+def earlier_copy(backend: "Backend") -> "Holder | None":
+    """After ``backend`` took its lock: a copy of the job that runalways 0.1 started, holding
+    the same lock file in 0.1's place (``_lockdir.earlier_holder``). The lock is then given
+    back: that copy runs, so this one must not."""
+    if "runalways._lockdir" not in sys.modules:  # only a lock file in the lock directory loads it
+        return None
+    from runalways._lockdir import earlier_holder
+
+    found = earlier_holder(backend)
+    if found is None:
+        return None
+    backend.release()
+    return found[1]
 
 
 def guard_import(policy: str, module: str, frame: "FrameType") -> None:
@@ -345,7 +354,7 @@ def main_importer(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
 
 
 def _tool_launched(caller: "FrameType", wanted: str) -> "dict[str, Any] | None":
-    """The launcher's globals if ``caller`` is a tool's entry-point module, importing runalways plainly.
+    """The launcher's globals if ``caller`` runs for a tool's entry-point module that imports runalways plainly.
 
     A pip-installed console script runs a generated launcher as ``__main__``::
 
@@ -358,18 +367,25 @@ def _tool_launched(caller: "FrameType", wanted: str) -> "dict[str, Any] | None":
     (the launcher, the file cron runs) when it is a module-level statement of the module
     the ``__main__`` module is importing at that moment, and that ``__main__`` is the
     tool's launcher: a console or GUI script whose installed entry point names that
-    module, or the ``__main__.py`` of that module's package (``python -m mytool``).
-    A library the tool imports in turn, or one that an ordinary script imports, is not
-    imported by a launcher for its entry point, and guards nothing (R4.1).
+    module, or the ``__main__.py`` of that module's package (``python -m mytool``). As for
+    the main script (R4.6), when something that module imported first loaded runalways,
+    the guard runs then, on behalf of its own ``import runalways`` still to come. A
+    library the tool imports, or one that an ordinary script imports, guards nothing.
     """
-    if caller.f_code.co_name != "<module>" or import_statement(caller) != (wanted, None):
+    entry, launcher = caller, importer(caller)
+    while launcher is not None and launcher.f_globals.get("__name__") != "__main__":
+        entry, launcher = launcher, importer(launcher)
+    if launcher is None or entry.f_code.co_name != "<module>" or launcher.f_code.co_name != "<module>":
         return None
-    launcher = importer(caller)
-    if launcher is None or launcher.f_code.co_name != "<module>" or launcher.f_globals.get("__name__") != "__main__":
-        return None
-    module = str(caller.f_globals.get("__name__"))
+    module = str(entry.f_globals.get("__name__"))
     statement = import_statement(launcher)
     if statement is None or statement[0] != module:
+        return None
+    if entry is caller and import_statement(caller) == (wanted, None):
+        pass  # the entry point's own plain ``import runalways``
+    elif wanted not in entry.f_code.co_names or not any(
+        offset > entry.f_lasti and found == (wanted, None) for offset, found in _import_statements(entry.f_code)
+    ):
         return None
     spec = launcher.f_globals.get("__spec__")
     if spec is not None and spec.name.endswith(".__main__"):  # python -m package

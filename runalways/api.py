@@ -132,8 +132,10 @@ def lock(
     chosen = _policy.options(os.environ, backend=backend, retry=retry, wait=wait)
     wanted = target(path, name, chosen)
     held = chosen.backend(wanted)
-    if not held.take(chosen.timeout):
-        holder = held.holder()
+    taken = held.take(chosen.timeout)
+    earlier = _policy.earlier_copy(held) if taken else None
+    if not taken or earlier is not None:
+        holder = earlier or held.holder()
         about = f" ({holder.describe()})" if holder is not None else ""
         raise AlreadyRunning(f"the lock for '{wanted.display}' is held by another process{about}", holder)
     try:

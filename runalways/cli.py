@@ -20,10 +20,10 @@ import shutil
 import sys
 
 from runalways import _policy
-from runalways._lockdir import lock_file_target
+from runalways._lockdir import earlier_holder, lock_file_target
 from runalways._settings import parse_exit_code, parse_retry, parse_seconds
 from runalways.backends import get_class, names
-from runalways.backends.base import Backend, FileLockBackend, Holder, Target
+from runalways.backends.base import Backend, FileLockBackend, Target
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -234,7 +234,7 @@ def _status(arguments: argparse.Namespace) -> int:
     # tells "not running" from "looked in another place than the holder".
     where = "" if lock_file in (None, arguments.script) else f"\n  lock file: {lock_file}"
     if holder is None:
-        earlier = _earlier_holder(asked)
+        earlier = earlier_holder(asked)
         if earlier is not None:
             path, holder = earlier
             print(f"'{target.display}' is running: {holder.describe()} (backend {backend}){where}")
@@ -254,14 +254,6 @@ def _status(arguments: argparse.Namespace) -> int:
         print(f"  command: {holder.command}")
     _holders_of_removed_files(target, asked)
     return 0
-
-
-def _earlier_holder(asked: Backend) -> tuple[str, Holder] | None:
-    if "runalways._lockdir" not in sys.modules:
-        return None
-    from runalways._lockdir import earlier_holder
-
-    return earlier_holder(asked)
 
 
 def _holders_of_removed_files(target: Target, asked: Backend) -> bool:

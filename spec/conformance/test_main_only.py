@@ -128,9 +128,14 @@ TOOL = {
     "mytool/__main__.py": "from mytool.cli import main\n\nmain()\n",
     # A second tool of the package whose entry point uses a library that imports runalways.
     "mytool/helper.py": "import runalways\n",
+    # A tool whose entry point imports a library that loads runalways before its own guard line.
+    "mytool/uses_api.py": "import runalways.api\n",
+    "mytool/late.py": "import sys\n\nimport mytool.uses_api\nimport runalways\n" + MAIN,
     "mytool/other.py": "import sys\n\nimport mytool.helper\n" + MAIN,
 }
-ENTRY_POINTS = "[console_scripts]\nmytool = mytool.cli:main\nothertool = mytool.other:main\n"
+ENTRY_POINTS = (
+    "[console_scripts]\nmytool = mytool.cli:main\nothertool = mytool.other:main\nlatetool = mytool.late:main\n"
+)
 
 
 def _wheel(folder: Path) -> Path:
@@ -209,3 +214,12 @@ def test_a_library_of_a_tool_guards_nothing(procs: Procs, tool: Path) -> None:
     first, second = procs.start([tool / "othertool"]), procs.start([tool / "othertool"])
     assert read_line(first) == "ready\n" and read_line(second) == "ready\n"
     assert finish(first).stderr == "" and finish(second).stderr == ""
+
+
+@pytest.mark.clause("R4.7")
+def test_a_tool_whose_entry_point_loaded_runalways_before_its_guard_line_is_guarded(procs: Procs, tool: Path) -> None:
+    holder = procs.start([tool / "python", tool / "latetool"])
+    assert read_line(holder) == "ready\n"
+    second = procs.run([tool / "python", tool / "latetool"])
+    assert (second.returncode, second.stdout) == (0, ""), second
+    finish(holder)
