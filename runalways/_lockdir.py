@@ -84,9 +84,30 @@ def default_directory() -> str:
     return chosen
 
 
-def _own_home(uid: int) -> str | None:
+def default_directories() -> list[str]:
+    """The default lock directories this process may look into, without creating any:
+    its own, or, for root, those of every account (``runalways list``)."""
+    if os.geteuid() != 0:
+        accounts = [(os.geteuid(), _own_home(os.geteuid()))]
+    else:
+        import pwd
+
+        accounts = [(entry.pw_uid, _own_home(entry.pw_uid, entry.pw_dir)) for entry in pwd.getpwall()]
+    found = []
+    for uid, home in accounts:
+        if home is not None:
+            found.append(os.path.join(home, ".runalways", host_key()))
+        else:
+            try:
+                found.append(fallback_directory(uid))
+            except SettingError:
+                continue
+    return [folder for folder in dict.fromkeys(found) if os.path.isdir(folder)]
+
+
+def _own_home(uid: int, home: str | None = None) -> str | None:
     """The user's home from the password database, if it is theirs alone to write in."""
-    home = _account_home(uid)
+    home = home or _account_home(uid)
     if not home:
         return None
     try:

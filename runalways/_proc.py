@@ -206,3 +206,43 @@ def replaced_holders(path: str) -> list[Holder]:
         if status.st_nlink == 0 and lock_holders(status.st_dev, status.st_ino):
             found[pid] = describe_process(pid)
     return list(found.values())
+
+
+def held_lock_files() -> list[tuple[str, int, str]]:
+    """``(kind, pid, path)`` of every lock a process we may look at holds on a file.
+
+    From the fdinfo of every descriptor (the lock lines name the locks held through it),
+    so a lock is found with the file it is on; the path ends in `` (deleted)`` when the
+    file has no name left. A lock shared by a fork child and its parent is listed once,
+    for the lowest pid.
+    """
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    for pid, descriptor in open_descriptors():
+        try:
+            with open(descriptor.replace("/fd/", "/fdinfo/", 1)) as info:
+                locks = [_lock_fields(line) for line in info.read().splitlines() if line.startswith("lock:")]
+            if not locks:
+                continue
+            path = os.readlink(descriptor)
+        except OSError:
+            continue
+        for kind, file_id in locks:
+            if kind and (kind, file_id) not in found and path.startswith("/"):
+                found[(kind, file_id)] = (pid, path)
+    return [(kind, pid, path) for (kind, _), (pid, path) in found.items()]
+
+
+def runs_as_main_script(pid: int, path: str) -> bool:
+    """Whether ``path`` is a file the process was started with (``python job.py``, ``./job.py``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read().rstrip(b"\0").split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    wanted = os.path.realpath(path)
+    for word in words[:3]:  # the interpreter, maybe an option, then the script
+        name = os.fsdecode(word)
+        if name and not name.startswith("-") and os.path.realpath(os.path.join(cwd, name)) == wanted:
+            return True
+    return False

@@ -101,6 +101,14 @@ def _parser() -> _Parser:
     status.add_argument("script", nargs="?", metavar="SCRIPT", help="the guarded script")
     _add_backend_and_target(status)
 
+    listing = commands.add_parser(
+        "list",
+        help="list the locks runalways holds on this machine (root: of every user)",
+        description="List every lock runalways holds on this machine, however it was taken (import guard, "
+        "runalways run, the API), oldest first. Each entry is checked against the lock itself: a holder that "
+        "is gone never appears. Root sees the locks of every user, others their own.",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object a line, for scripts")
     commands.add_parser("backends", help="list the backends and what their locks survive")
     return parser
 
@@ -119,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(arguments)
         if arguments.command == "status":
             return _status(arguments)
+        if arguments.command == "list":
+            return _list(arguments)
         return _backends()
     except RunAlwaysError as error:
         _policy.fail(str(error))
@@ -278,6 +288,57 @@ def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
                 "a new copy can start beside it (RUNALWAYS_IDENTITY=path keeps deploys out)"
             )
     return bool(orphans)
+
+
+def _list(arguments: argparse.Namespace) -> int:
+    """Every lock held here, oldest first: a table for people, or JSON lines."""
+    import time
+
+    from runalways._inventory import held
+
+    now = time.time()
+    entries = []
+    for backend, holder in held():
+        started = holder.since
+        entries.append(
+            {
+                "target": backend.target.display,
+                "backend": backend.name,
+                "held": True,
+                "pid": holder.pid,
+                "user": holder.user,
+                "host": holder.host or os.uname().nodename,
+                "command": holder.command,
+                "started": started,
+                "age_seconds": None if started is None else round(max(now - started, 0.0), 3),
+                "lock_file": backend.lock_file(),
+                "note": holder.note,
+            }
+        )
+    entries.sort(key=lambda entry: -(entry["age_seconds"] or 0.0))  # type: ignore[operator]
+    if arguments.json:
+        import json
+
+        for entry in entries:
+            print(json.dumps(entry))
+        return 0
+    rows = [("AGE", "PID", "USER", "BACKEND", "JOB", "COMMAND")]
+    for entry in entries:
+        age = entry["age_seconds"]
+        rows.append(
+            (
+                "?" if age is None else f"{age:.0f}s",
+                str(entry["pid"]),
+                str(entry["user"]),
+                str(entry["backend"]),
+                str(entry["target"]) + (f" ({entry['note']})" if entry["note"] else ""),
+                str(entry["command"] or ""),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
+    return 0
 
 
 def _backends() -> int:

@@ -163,3 +163,46 @@ def test_a_reader_that_goes_away_gets_no_traceback(procs: Procs) -> None:
     )
     os.close(reader_write)
     assert listing.returncode == 128 + signal.SIGPIPE and listing.stderr == b""
+
+
+API_HOLDER = """
+import sys
+import runalways.api
+
+with runalways.api.lock(name="by-the-api"):
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.clause("R11.7")
+def test_list_shows_locks_taken_three_ways_and_never_a_gone_holder(procs: Procs, capabilities: object) -> None:
+    import json
+
+    guarded = procs.hold(procs.script("job.py"))
+    wrapped = procs.start([*RUNALWAYS, "run", "--name", "by-run", "--", *HOLDER])
+    wait_for_line(wrapped, "ready")
+    api = procs.hold(procs.script("api.py", API_HOLDER, header=""))
+    listed = procs.run([*RUNALWAYS, "list", "--json"])
+    assert listed.returncode == 0, listed
+    entries = {entry["pid"]: entry for entry in map(json.loads, listed.stdout.splitlines())}
+    holders = {guarded.pid: str(procs.workdir / "job.py"), wrapped.pid: "by-run", api.pid: "by-the-api"}
+    if capabilities.across_hosts:  # type: ignore[attr-defined]
+        # A lock held on a server, for every host: status --name shows it, list does not.
+        assert not set(holders) & set(entries), listed
+        for process in (guarded, wrapped, api):
+            finish(process)
+        return
+    for pid, target in holders.items():
+        entry = entries.get(pid)
+        assert entry is not None and entry["held"] is True, (pid, listed)
+        assert entry["target"].endswith(target) or entry["target"] == target, entry
+        assert entry["user"] and entry["started"] and entry["age_seconds"] is not None, entry
+    table = procs.run([*RUNALWAYS, "list"])
+    assert table.stdout.startswith("AGE ") and all(str(pid) in table.stdout for pid in holders), table
+    kill(wrapped)  # SIGKILL: it leaves its lock file (or pidfile) behind, and holds nothing
+    finish(guarded)
+    after = procs.run([*RUNALWAYS, "list", "--json"])
+    pids = {entry["pid"] for entry in map(json.loads, after.stdout.splitlines())}
+    assert not pids & {guarded.pid, wrapped.pid} and api.pid in pids, after
+    finish(api)
