@@ -1,0 +1,31 @@
+"""R10.2: a storm of starts, kills, stops and edits never runs two bodies at once (benchmarks/soak.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from harness import Procs
+from soak import soak
+
+#: Seconds of the short form each backend gets in the suite; the long form is
+#: ``python3 benchmarks/soak.py --seconds 300``.
+SECONDS = 4.0
+
+#: The least share of the soak a body must have been running, for the local backends and
+#: for the cluster ones (whose every start connects to a server, and whose stopped holder
+#: keeps the job out until it is fenced). The saboteur kills, stops and starves the job on
+#: purpose, and the suite shares two cores with other tests: these floors catch a guard
+#: that keeps every copy out, not a slow machine.
+FLOOR = {False: 0.1, True: 0.02}
+
+
+@pytest.mark.clause("R10.2")
+def test_a_chaos_soak_never_runs_two_bodies_at_once(procs: Procs, capabilities: object, tmp_path: Path) -> None:
+    ttl = float(procs.settings.get("RUNALWAYS_TTL", "0"))
+    # A cluster holder stopped for longer than its lease is fenced while another takes over.
+    report = soak(procs.backend, SECONDS, tmp_path / "soak", procs.settings, longest_stop=max(0.5, 1.5 * ttl))
+    assert report.overlaps == 0, report
+    assert report.tracebacks == 0 and report.unexpected == [], report
+    floor = FLOOR[capabilities.across_hosts]  # type: ignore[attr-defined]
+    assert report.bodies > 0 and report.availability >= floor, report
