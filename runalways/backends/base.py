@@ -345,17 +345,22 @@ class FileLockBackend(Backend):
     def _still_at_its_path(self) -> bool:
         """Whether the file just locked is still the file at the target's path."""
         fd = self._open()  # the descriptor locked (a backend may have re-opened the file)
+        if not self._names(fd):
+            return False
+        status = os.fstat(fd)
+        if self.target.disposable and not status.st_mode & 0o1000 and status.st_uid == os.geteuid():
+            # A lock file runalways made before its lock files had the sticky bit.
+            os.fchmod(fd, LOCK_FILE_MODE)
+        return True
+
+    def _names(self, fd: int) -> bool:
+        """Whether the target's path names the file open as ``fd``."""
         mine = os.fstat(fd)
         try:
             there = os.lstat(self.target.file())
         except FileNotFoundError:
             return False
-        if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
-            return False
-        if self.target.disposable and not mine.st_mode & 0o1000 and mine.st_uid == os.geteuid():
-            # A lock file runalways made before its lock files had the sticky bit.
-            os.fchmod(fd, LOCK_FILE_MODE)
-        return True
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _failure(self, error: "OSError") -> "LockFailed":
         from runalways.errors import LockFailed
@@ -398,12 +403,9 @@ class FileLockBackend(Backend):
         tendo, filelock, portalocker and fasteners. Nobody else removes or replaces the
         file while we hold its lock, so the name still names our file here.
         """
-        path = self.target.file()
-        mine = os.fstat(fd)
         try:
-            there = os.lstat(path)
-            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
-                os.unlink(path)
+            if self._names(fd):
+                os.unlink(self.target.file())
         except OSError:
             pass  # gone already, or the directory is read-only now: the file is harmless
 
