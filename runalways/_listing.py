@@ -60,7 +60,7 @@ def survives(capabilities: Capabilities) -> list[str]:
     if not capabilities.other_users_can_hold:
         words.append("only the user running it can hold it")
     elif capabilities.identity == "name":
-        words.append("anyone who can take a lock of that name can hold it")
+        words.append("anyone with the lock's name can hold it")
     else:
         words.append("anyone who can read the script can hold it")
     return words
@@ -100,9 +100,10 @@ def as_table(width: int | None = None) -> str:
     heres = ["usable" if row["usable"] else f"no: {row['unavailable']}" for row in rows]
     name_width = max(len(text) for text in [headings[0], *(row["name"] for row in rows)])
     here_width = min(max(len(text) for text in [headings[1], *heres]), 22)
-    rest = max(width - name_width - here_width - 6, 40)
-    mechanism_width = rest * 2 // 5
-    widths = (name_width, here_width, mechanism_width, rest - mechanism_width)
+    rest = width - name_width - here_width - 6
+    # The lock's column holds its longest phrase and the comma after it, so no phrase breaks.
+    lock_width = max(max(len(phrase) + 1 for row in rows for phrase in row["survives"]), rest * 3 // 5)
+    widths = (name_width, here_width, max(rest - lock_width, 14), lock_width)
     lines = ["  ".join(heading.ljust(size) for heading, size in zip(headings, widths)).rstrip()]
     for row, here in zip(rows, heres):
         cells = [row["name"], here, row["mechanism"]]
@@ -119,7 +120,7 @@ def _pack(phrases: list[str], width: int) -> list[str]:
     """``phrases`` joined by commas into lines of about ``width``, never breaking a phrase."""
     lines = [phrases[0]]
     for phrase in phrases[1:]:
-        if len(lines[-1]) + 2 + len(phrase) <= width:
+        if len(lines[-1]) + 2 + len(phrase) < width:  # room left for the comma that may follow
             lines[-1] += ", " + phrase
         else:
             lines[-1] += ","
