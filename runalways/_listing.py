@@ -90,29 +90,33 @@ def as_json() -> str:
 
 
 def as_table(width: int | None = None) -> str:
-    """One row per backend: NAME, HERE (usable, or why not), MECHANISM, ITS LOCK.
+    """One row per backend: NAME, HERE (usable or no), MECHANISM, ITS LOCK.
 
-    Long cells wrap within their column, to the terminal's width (100 when not a terminal).
+    Why a backend cannot work here follows its row, across the whole width. Long cells
+    wrap within their column, to the terminal's width (100 when not a terminal).
     """
     rows = _rows()
     width = width or shutil.get_terminal_size((100, 24)).columns
     headings = ("NAME", "HERE", "MECHANISM", "ITS LOCK")
-    heres = ["usable" if row["usable"] else f"no: {row['unavailable']}" for row in rows]
     name_width = max(len(text) for text in [headings[0], *(row["name"] for row in rows)])
-    here_width = min(max(len(text) for text in [headings[1], *heres]), 22)
+    here_width = len("usable")
     rest = width - name_width - here_width - 6
     # The lock's column holds its longest phrase and the comma after it, so no phrase breaks.
     lock_width = max(max(len(phrase) + 1 for row in rows for phrase in row["survives"]), rest * 3 // 5)
     widths = (name_width, here_width, max(rest - lock_width, 14), lock_width)
+    indent = " " * (name_width + 2)
     lines = ["  ".join(heading.ljust(size) for heading, size in zip(headings, widths)).rstrip()]
-    for row, here in zip(rows, heres):
-        cells = [row["name"], here, row["mechanism"]]
+    for row in rows:
+        cells = [row["name"], "usable" if row["usable"] else "no", row["mechanism"]]
         lines.append("")  # a blank line between backends: each row spans several lines
         wrapped = [textwrap.wrap(cell, size, break_on_hyphens=False) or [""] for cell, size in zip(cells, widths)]
         wrapped.append(_pack(row["survives"], widths[3]))
         for index in range(max(len(column) for column in wrapped)):
             parts = [column[index] if index < len(column) else "" for column in wrapped]
             lines.append("  ".join(part.ljust(size) for part, size in zip(parts, widths)).rstrip())
+        if not row["usable"]:
+            why = f"not usable here: {row['unavailable']}"
+            lines += textwrap.wrap(why, max(width, 40), initial_indent=indent, subsequent_indent=indent)
     return "\n".join(lines)
 
 

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.command == "completion":
             from runalways._completion import script
 
-            print(script(arguments.shell, _parser()))
+            sys.stdout.write(script(arguments.shell, _parser()))
             return 0
         return _backends(arguments.json)
     except RunAlwaysError as error:
@@ -229,7 +229,7 @@ def _program(name: str) -> str:
     (found, cannot run) with a line saying which, never 2, which is runalways's own error.
     """
     if "/" in name:
-        if not os.path.lexists(name):
+        if not os.path.exists(name):  # a dangling symbolic link too
             _policy.fail(f"cannot run {name!r}: no such file (not found)", NOT_FOUND)
         path = name
     else:
@@ -282,13 +282,13 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
             )
         )
     except OSError as error:
-        # Found and executable, yet exec failed: not a program (ENOEXEC), or a missing
-        # interpreter in its #! line (ENOENT, 127 as env(1) says).
+        # Found and executable, yet exec failed: the interpreter its #! line names is not
+        # found (ENOENT: 127, as env(1) says), or it is not a program (ENOEXEC: 126).
         import errno
 
-        status = NOT_FOUND if error.errno == errno.ENOENT else CANNOT_RUN
-        kind = "not found" if status == NOT_FOUND else "found, but cannot run"
-        _policy.fail(f"cannot run {shown!r}: {kind} ({error.strerror})", status)
+        if error.errno == errno.ENOENT:
+            _policy.fail(f"cannot run {shown!r}: the interpreter its #! line names is not found", NOT_FOUND)
+        _policy.fail(f"cannot run {shown!r}: found, but not a program ({error.strerror})", CANNOT_RUN)
     for signum in pending:
         child[0].send_signal(signum)
     status = child[0].wait()

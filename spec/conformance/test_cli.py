@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -136,6 +137,12 @@ def _no_execute_permission(directory: Path) -> Path:
     return path
 
 
+def _dangling_link(directory: Path) -> Path:
+    path = directory / "gone.sh"
+    path.symlink_to(directory / "removed.sh")
+    return path
+
+
 def _missing_interpreter(directory: Path) -> Path:
     path = directory / "orphan.sh"
     path.write_text("#!/no/such/interpreter\necho ran\n")
@@ -148,12 +155,13 @@ Case = Dict[str, Tuple[Callable[[Path], Path], str]]
 CANNOT_RUN: Case = {
     "no execute permission": (_no_execute_permission, "not executable"),
     "a directory": (lambda directory: directory, "is a directory"),
-    "not a program": (_not_a_program, "cannot run"),
+    "not a program": (_not_a_program, "not a program"),
 }
 NOT_FOUND: Case = {
     "a name not in PATH": (lambda directory: Path("no-such-command-here"), "command not found"),
     "a path that does not exist": (lambda directory: directory / "missing.sh", "not found"),
-    "an interpreter that does not exist": (_missing_interpreter, "not found"),
+    "a dangling symbolic link": (_dangling_link, "not found"),
+    "an interpreter that does not exist": (_missing_interpreter, "interpreter its #! line names is not found"),
 }
 
 
@@ -183,6 +191,12 @@ def test_a_command_that_is_not_found_exits_127(procs: Procs, case: str) -> None:
 def test_etc_passwd_is_found_but_cannot_run(procs: Procs) -> None:
     outcome = procs.run([*RUNALWAYS, "run", "--", "/etc/passwd"])
     assert outcome.returncode == 126 and "not executable" in outcome.stderr, outcome
+    # Refused before the lock: with another copy holding it, still 126 and not "already running" (0).
+    holder = procs.start([*RUNALWAYS, "run", "--name", "job", "--", *HOLDER])
+    wait_for_line(holder, "ready")
+    refused = procs.run([*RUNALWAYS, "run", "--name", "job", "--", "/etc/passwd"])
+    assert refused.returncode == 126 and "not executable" in refused.stderr, refused
+    finish(holder)
 
 
 SPEC = Path(__file__).parent.parent / "SPEC.md"
@@ -235,22 +249,56 @@ def test_bash_completion_completes_commands_options_and_backends(procs: Procs) -
     assert _bash_candidates(procs, ["status", str(procs.workdir / "jo")]) == [str(procs.workdir / "job.py")]
 
 
-@pytest.mark.clause("R11.10")
-def test_zsh_completion_is_registered_by_compinit(procs: Procs) -> None:
+#: Runs an interactive zsh in a pseudo-terminal (zsh/zpty), where completion works as for a
+#: person: compinit finds _runalways in $fpath by its #compdef line, the line is typed with a
+#: TAB after it, and every candidate offered is written to a file; the shell then exits.
+ZSH_DRIVER = r"""
+zmodload zsh/zpty || exit 3
+zpty shell zsh -f -i
+zpty -w shell "PS1= RPROMPT=; fpath=(${(q)1} \$fpath); autoload -Uz compinit; compinit -u -D"
+zpty -w shell "compadd() {
+  if (( \${@[(I)-[OAD]]} )); then builtin compadd \"\$@\"; return; fi
+  local -a hits; builtin compadd -O hits \"\$@\"; print -rl -- \$hits >> ${(q)2}; builtin compadd \"\$@\"
+}"
+zpty -w shell "comppostfuncs=(exit)"
+zpty -w -n shell "$3"$'\t'
+while zpty -r shell chunk; do :; done
+zpty -d shell
+"""
+
+
+def _zsh_candidates(procs: Procs, line: str) -> list[str]:
     zsh = shutil.which("zsh")
     assert zsh is not None, "zsh is not installed: the README's test command installs it"
-    functions = procs.workdir / "functions"
-    functions.mkdir()
-    script = procs.run([*RUNALWAYS, "completion", "zsh"])
-    assert script.returncode == 0
-    (functions / "_runalways").write_text(script.stdout)
-    # compinit finds the file in $fpath by its #compdef line, as a user's installation would.
-    program = (
-        f"fpath=({functions} $fpath); autoload -Uz compinit; compinit -u -D; "
-        "print -r -- ${_comps[runalways]}; autoload -Uz +X _runalways && print -r -- loaded"
-    )
-    outcome = procs.run([zsh, "-f", "-c", program])
-    assert (outcome.returncode, outcome.stdout, outcome.stderr) == (0, "_runalways\nloaded\n", ""), outcome
+    functions = procs.workdir / "zsh-functions"
+    if not functions.exists():
+        functions.mkdir()
+        script = procs.run([*RUNALWAYS, "completion", "zsh"])
+        assert script.returncode == 0, script
+        (functions / "_runalways").write_text(script.stdout)
+        (procs.workdir / "runalways").write_text(f'#!/bin/sh\nexec {shlex.join(RUNALWAYS)} "$@"\n')
+        (procs.workdir / "runalways").chmod(0o755)
+    driver = procs.workdir / "driver.zsh"
+    driver.write_text(ZSH_DRIVER)
+    offered = procs.workdir / "offered"
+    offered.write_text("")
+    path = f"{procs.workdir}{os.pathsep}{os.environ.get('PATH', '')}"
+    outcome = procs.run([zsh, "-f", str(driver), str(functions), str(offered), line], env={"PATH": path})
+    assert outcome.returncode == 0, outcome
+    return sorted(word for word in offered.read_text().split("\n") if word.strip())
+
+
+@pytest.mark.clause("R11.10")
+def test_zsh_completion_completes_commands_options_and_backends(procs: Procs) -> None:
+    assert _zsh_candidates(procs, "runalways ") == ["backends", "completion", "run", "status"]
+    assert _zsh_candidates(procs, "runalways st") == ["status"]
+    assert _zsh_candidates(procs, "runalways -") == ["--help", "--version", "-V", "-h"]
+    assert _zsh_candidates(procs, "runalways run --ba") == ["--backend"]
+    assert procs.backend in _zsh_candidates(procs, "runalways status --backend ")
+    assert _zsh_candidates(procs, "runalways completion ") == ["bash", "zsh"]
+    assert "true" in _zsh_candidates(procs, "runalways run --name job -- tru")  # a command after --
+    (procs.workdir / "job.py").write_text("")
+    assert _zsh_candidates(procs, f"runalways status {procs.workdir}/jo") == ["job.py"]
 
 
 BAD_COMMAND_LINES = [
