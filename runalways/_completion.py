@@ -87,8 +87,11 @@ def _bash_reply(values: list[str] | str | None) -> str:
 
 
 def bash(parser: argparse.ArgumentParser) -> str:
+    """A bash function filling COMPREPLY from COMP_WORDS, and the ``complete`` line registering it."""
     branches = []
     every = list(commands(parser))
+    # Commands that end in a command line of their own (run): after their --, complete that.
+    wrapping = "|".join(command.name for command in every if command.positional == COMMAND)
     for command in every:
         replies: dict[str, list[str]] = {}  # options whose values complete alike share a case
         for strings, value, *_ in command.options:
@@ -117,7 +120,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
         "    for (( i = 1; i < COMP_CWORD; i++ )); do\n"
         "        if [[ -z $command ]]; then\n"
         "            [[ ${COMP_WORDS[i]} == -* ]] || command=${COMP_WORDS[i]}\n"
-        "        elif [[ $command == run && ${COMP_WORDS[i]} == -- ]]; then\n"
+        f"        elif [[ $command == @({wrapping}) && ${{COMP_WORDS[i]}} == -- ]]; then\n"
         '            if (( i + 1 == COMP_CWORD )); then COMPREPLY=($(compgen -c -- "$cur"))\n'
         '            else compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$cur")); fi\n'
         "            return\n"
@@ -164,6 +167,7 @@ def _zsh_specs(command: Command) -> list[str]:
 
 
 def zsh(parser: argparse.ArgumentParser) -> str:
+    """A #compdef function for zsh's completion system, built on _arguments and _describe."""
     top, *subcommands = commands(parser)
     described = " ".join(f"'{_zsh_quote(command.name)}:{_zsh_quote(command.about)}'" for command in subcommands)
     branches = "".join(

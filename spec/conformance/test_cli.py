@@ -116,10 +116,10 @@ def test_backends_json_has_the_declared_capabilities(procs: Procs) -> None:
 
 @pytest.mark.clause("R11.7")
 @pytest.mark.parametrize("option", ["--version", "-V"])
-def test_version_prints_the_version_and_exits_0(procs: Procs, option: str) -> None:
+def test_version_prints_the_version_and_exits_0(fcntl_procs: Procs, option: str) -> None:
     import runalways
 
-    outcome = procs.run([*RUNALWAYS, option])
+    outcome = fcntl_procs.run([*RUNALWAYS, option])
     assert (outcome.returncode, outcome.stdout, outcome.stderr) == (0, f"runalways {runalways.__version__}\n", "")
 
 
@@ -167,10 +167,10 @@ NOT_FOUND: Case = {
 
 @pytest.mark.clause("R11.8")
 @pytest.mark.parametrize("case", sorted(CANNOT_RUN))
-def test_a_command_that_cannot_run_exits_126(procs: Procs, case: str) -> None:
+def test_a_command_that_cannot_run_exits_126(fcntl_procs: Procs, case: str) -> None:
     make, says = CANNOT_RUN[case]
-    command = make(procs.workdir)
-    outcome = procs.run([*RUNALWAYS, "run", "--silent", "--", str(command)])
+    command = make(fcntl_procs.workdir)
+    outcome = fcntl_procs.run([*RUNALWAYS, "run", "--silent", "--", str(command)])
     assert outcome.returncode == 126, outcome
     assert outcome.stderr.startswith(f"runalways: cannot run '{command}': ") and says in outcome.stderr
     assert outcome.stderr.count("\n") == 1 and outcome.stdout == ""
@@ -178,10 +178,10 @@ def test_a_command_that_cannot_run_exits_126(procs: Procs, case: str) -> None:
 
 @pytest.mark.clause("R11.8")
 @pytest.mark.parametrize("case", sorted(NOT_FOUND))
-def test_a_command_that_is_not_found_exits_127(procs: Procs, case: str) -> None:
+def test_a_command_that_is_not_found_exits_127(fcntl_procs: Procs, case: str) -> None:
     make, says = NOT_FOUND[case]
-    command = make(procs.workdir)
-    outcome = procs.run([*RUNALWAYS, "run", "--silent", "--", str(command)])
+    command = make(fcntl_procs.workdir)
+    outcome = fcntl_procs.run([*RUNALWAYS, "run", "--silent", "--", str(command)])
     assert outcome.returncode == 127, outcome
     assert outcome.stderr.startswith(f"runalways: cannot run '{command}': ") and says in outcome.stderr
     assert outcome.stderr.count("\n") == 1 and outcome.stdout == ""
@@ -211,11 +211,11 @@ def _spec_exit_statuses() -> dict[str, set[str]]:
 
 
 @pytest.mark.clause("R11.9")
-def test_every_exit_status_is_in_the_spec_table_and_in_help(procs: Procs) -> None:
+def test_every_exit_status_is_in_the_spec_table_and_in_help(fcntl_procs: Procs) -> None:
     table = _spec_exit_statuses()
     assert set(table) == {"run", "status", "backends", "completion"}
     for command, statuses in table.items():
-        help_text = procs.run([*RUNALWAYS, command, "--help"]).stdout
+        help_text = fcntl_procs.run([*RUNALWAYS, command, "--help"]).stdout
         section = help_text.split("exit status:\n", 1)[1]
         listed = {line.split()[0] for line in section.splitlines() if line.startswith("  ")}
         assert listed == statuses, (command, listed, statuses)
@@ -234,19 +234,21 @@ def _bash_candidates(procs: Procs, words: list[str]) -> list[str]:
 
 
 @pytest.mark.clause("R11.10")
-def test_bash_completion_completes_commands_options_and_backends(procs: Procs) -> None:
+def test_bash_completion_completes_commands_options_and_backends(fcntl_procs: Procs) -> None:
     program = 'source <("$@" completion bash) && complete -p runalways'
-    registered = procs.run(["bash", "-c", program, "bash", *RUNALWAYS])
+    registered = fcntl_procs.run(["bash", "-c", program, "bash", *RUNALWAYS])
     assert registered.stdout == "complete -F _runalways runalways\n", registered
-    assert _bash_candidates(procs, [""]) == ["backends", "completion", "run", "status"]
-    assert _bash_candidates(procs, ["st"]) == ["status"]
-    assert _bash_candidates(procs, ["-"]) == ["--help", "--version", "-V", "-h"]
-    assert _bash_candidates(procs, ["run", "--ba"]) == ["--backend"]
-    assert procs.backend in _bash_candidates(procs, ["status", "--backend", ""])
-    assert _bash_candidates(procs, ["completion", ""]) == ["bash", "zsh"]
-    assert "true" in _bash_candidates(procs, ["run", "--name", "job", "--", "tru"])  # a command after --
-    (procs.workdir / "job.py").write_text("")
-    assert _bash_candidates(procs, ["status", str(procs.workdir / "jo")]) == [str(procs.workdir / "job.py")]
+    assert _bash_candidates(fcntl_procs, [""]) == ["backends", "completion", "run", "status"]
+    assert _bash_candidates(fcntl_procs, ["st"]) == ["status"]
+    assert _bash_candidates(fcntl_procs, ["-"]) == ["--help", "--version", "-V", "-h"]
+    assert _bash_candidates(fcntl_procs, ["run", "--ba"]) == ["--backend"]
+    assert fcntl_procs.backend in _bash_candidates(fcntl_procs, ["status", "--backend", ""])
+    assert _bash_candidates(fcntl_procs, ["completion", ""]) == ["bash", "zsh"]
+    assert "true" in _bash_candidates(fcntl_procs, ["run", "--name", "job", "--", "tru"])  # a command after --
+    (fcntl_procs.workdir / "job.py").write_text("")
+    assert _bash_candidates(fcntl_procs, ["status", str(fcntl_procs.workdir / "jo")]) == [
+        str(fcntl_procs.workdir / "job.py")
+    ]
 
 
 #: Runs an interactive zsh in a pseudo-terminal (zsh/zpty), where completion works as for a
@@ -289,16 +291,16 @@ def _zsh_candidates(procs: Procs, line: str) -> list[str]:
 
 
 @pytest.mark.clause("R11.10")
-def test_zsh_completion_completes_commands_options_and_backends(procs: Procs) -> None:
-    assert _zsh_candidates(procs, "runalways ") == ["backends", "completion", "run", "status"]
-    assert _zsh_candidates(procs, "runalways st") == ["status"]
-    assert _zsh_candidates(procs, "runalways -") == ["--help", "--version", "-V", "-h"]
-    assert _zsh_candidates(procs, "runalways run --ba") == ["--backend"]
-    assert procs.backend in _zsh_candidates(procs, "runalways status --backend ")
-    assert _zsh_candidates(procs, "runalways completion ") == ["bash", "zsh"]
-    assert "true" in _zsh_candidates(procs, "runalways run --name job -- tru")  # a command after --
-    (procs.workdir / "job.py").write_text("")
-    assert _zsh_candidates(procs, f"runalways status {procs.workdir}/jo") == ["job.py"]
+def test_zsh_completion_completes_commands_options_and_backends(fcntl_procs: Procs) -> None:
+    assert _zsh_candidates(fcntl_procs, "runalways ") == ["backends", "completion", "run", "status"]
+    assert _zsh_candidates(fcntl_procs, "runalways st") == ["status"]
+    assert _zsh_candidates(fcntl_procs, "runalways -") == ["--help", "--version", "-V", "-h"]
+    assert _zsh_candidates(fcntl_procs, "runalways run --ba") == ["--backend"]
+    assert fcntl_procs.backend in _zsh_candidates(fcntl_procs, "runalways status --backend ")
+    assert _zsh_candidates(fcntl_procs, "runalways completion ") == ["bash", "zsh"]
+    assert "true" in _zsh_candidates(fcntl_procs, "runalways run --name job -- tru")  # a command after --
+    (fcntl_procs.workdir / "job.py").write_text("")
+    assert _zsh_candidates(fcntl_procs, f"runalways status {fcntl_procs.workdir}/jo") == ["job.py"]
 
 
 BAD_COMMAND_LINES = [
