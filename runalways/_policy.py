@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from runalways.backends.base import Backend, Holder
 
     Statement = Tuple[str, Optional[Tuple[str, ...]]]
+    Layout = Tuple[int, int, int, int]
 
 ALWAYS = "always"
 ALONE = "alone"
@@ -265,46 +266,101 @@ def importer(frame: "FrameType") -> "FrameType | None":
     return caller
 
 
-#: (IMPORT_NAME, LOAD_CONST, EXTENDED_ARG) of the CPython versions whose layout is known.
-_OPCODES = {
-    (3, 9): (108, 100, 144),
-    (3, 10): (108, 100, 144),
-    (3, 11): (108, 100, 144),
-    (3, 12): (108, 100, 144),
-    (3, 13): (75, 83, 71),
+#: How CPython compiles an import statement, for the versions whose layout is known:
+#: (IMPORT_NAME, the LOAD_CONST of the from-list, the opcode loading the level, how far
+#: IMPORT_NAME's operand is shifted left of the name index). tests/test_main_script.py
+#: checks the row of the running version against its own ``opcode`` module. Other
+#: versions learn the layout from a compiled probe (_probed_layout).
+_LAYOUTS: "Dict[Tuple[int, int], Layout]" = {
+    (3, 9): (108, 100, 100, 0),
+    (3, 10): (108, 100, 100, 0),
+    (3, 11): (108, 100, 100, 0),
+    (3, 12): (108, 100, 100, 0),
+    (3, 13): (75, 83, 83, 0),
 }
+
+#: The running interpreter's layout once looked up; () when it has none the fast path reads.
+_layout: "Layout | Tuple[()] | None" = None
 
 
 def import_statement(frame: "FrameType") -> "Statement | None":
     """``(module name, from-list)`` of the import statement ``frame`` is executing."""
-    code = frame.f_code
-    at = frame.f_lasti
+    global _layout
+    if _layout is None:
+        _layout = _LAYOUTS.get(sys.version_info[:2]) or _probed_layout() or ()
+    # The fast path reads the three instructions of an ordinary statement; anything else
+    # (operands of 256 and more, an unknown layout) is decoded with dis: correct, but
+    # importing dis alone costs several milliseconds, so never for an ordinary script.
+    statement = _read_statement(frame.f_code, frame.f_lasti, _layout) if _layout else None
+    return statement if statement is not None else _decoded_statement(frame)
+
+
+def _read_statement(code: "CodeType", at: int, layout: "Layout") -> "Statement | None":
+    """The statement whose IMPORT_NAME is at offset ``at``, if it is laid out as ``layout`` says.
+
+    An EXTENDED_ARG before the from-list's LOAD_CONST or before IMPORT_NAME stands where
+    the level or the LOAD_CONST would, so operands of 256 and more never match.
+    """
+    import_name, load_const, load_level, shift = layout
     raw = code.co_code
-    # Known versions: IMPORT_NAME <name index> right after LOAD_CONST <from-list>, both
-    # operands below 256 (no EXTENDED_ARG). Anything else is decoded with dis: slower,
-    # but never needed for an ordinary script on a known version.
-    import_name, load_const, extended_arg = _OPCODES.get(sys.version_info[:2], (-1, -1, -1))
-    if at >= 2 and raw[at] == import_name and raw[at - 2] == load_const and (at < 4 or raw[at - 4] != extended_arg):
-        return code.co_names[raw[at + 1]], code.co_consts[raw[at - 1]]
-    return _decoded_statement(frame)
+    if at >= 4 and raw[at] == import_name and raw[at - 2] == load_const and raw[at - 4] == load_level:
+        return code.co_names[raw[at + 1] >> shift], code.co_consts[raw[at - 1]]
+    return None
+
+
+#: Compiled once on a version the table does not know: the layout is read off its bytecode.
+_PROBE = "import a\nfrom b import c\n"
+
+
+def _probed_layout() -> "Layout | None":
+    """The layout of this interpreter, learnt from the bytecode of :data:`_PROBE`.
+
+    About 30 microseconds, where importing ``opcode`` for the numbers costs about a
+    millisecond and ``dis`` several. Whatever the numbers, the layout is used only if it
+    reads both statements of the probe back exactly; if none does, dis decodes.
+    From 3.14 the level is loaded by LOAD_SMALL_INT, and from 3.15 IMPORT_NAME's operand
+    carries flags in its low bits (lazy imports): the probe learns both.
+    """
+    code = compile(_PROBE, "<runalways probe>", "exec", dont_inherit=True)
+    raw = code.co_code
+    for at in range(4, len(raw) - 1, 2):
+        if raw[at - 1] >= len(code.co_consts) or code.co_consts[raw[at - 1]] != ("c",):
+            continue
+        # The name "b" has index 1, so IMPORT_NAME's operand is 1 << shift, plus flags below it.
+        layout = (raw[at], raw[at - 2], raw[at - 4], max(raw[at + 1].bit_length() - 1, 0))
+        try:
+            found = [_read_statement(code, offset, layout) for offset in range(0, len(raw), 2)]
+        except IndexError:  # not the layout: an operand that is no index into the names
+            continue
+        if [statement for statement in found if statement is not None] == [("a", None), ("b", ("c",))]:
+            return layout
+    return None
 
 
 def _decoded_statement(frame: "FrameType") -> "Statement | None":
-    for offset, statement in _import_statements(frame.f_code):
-        if offset == frame.f_lasti:
+    for start, offset, statement in _import_statements(frame.f_code):
+        if frame.f_lasti in (start, offset):
             return statement
     return None
 
 
-def _import_statements(code: "CodeType") -> "Iterator[tuple[int, Statement]]":
-    """``(offset, (module name, from-list))`` of every import statement in ``code``, decoded with dis."""
+def _import_statements(code: "CodeType") -> "Iterator[tuple[int, int, Statement]]":
+    """``(start, offset, (module name, from-list))`` of every import statement in ``code``, decoded with dis.
+
+    ``start`` is where the instruction's EXTENDED_ARG prefixes begin: Python 3.9 and 3.10
+    point ``f_lasti`` there, later versions at the IMPORT_NAME itself (``offset``).
+    """
     import dis
 
     fromlist = None  # the constant loaded just before each IMPORT_NAME
+    start = None  # the first EXTENDED_ARG before the current instruction
     for instruction in dis.get_instructions(code):
         if instruction.opname == "IMPORT_NAME":
-            yield instruction.offset, (instruction.argval, fromlist)
-        if instruction.opname != "EXTENDED_ARG":
+            yield (instruction.offset if start is None else start), instruction.offset, (instruction.argval, fromlist)
+        if instruction.opname == "EXTENDED_ARG":
+            start = instruction.offset if start is None else start
+        else:
+            start = None
             fromlist = instruction.argval if instruction.opname.startswith("LOAD_CONST") else None
 
 
@@ -323,7 +379,7 @@ def _imported_later(frame: "FrameType", wanted: str) -> "dict[str, Any] | None":
         outer = outer.f_back
     if main is None or wanted not in main.f_code.co_names:  # the common case: no dis needed
         return None
-    for offset, statement in _import_statements(main.f_code):
+    for _, offset, statement in _import_statements(main.f_code):
         if offset > main.f_lasti and statement == (wanted, None):
             return main.f_globals
     return None
@@ -384,7 +440,7 @@ def _tool_launched(caller: "FrameType", wanted: str) -> "dict[str, Any] | None":
     if entry is caller and import_statement(caller) == (wanted, None):
         pass  # the entry point's own plain ``import runalways``
     elif wanted not in entry.f_code.co_names or not any(
-        offset > entry.f_lasti and found == (wanted, None) for offset, found in _import_statements(entry.f_code)
+        offset > entry.f_lasti and found == (wanted, None) for _, offset, found in _import_statements(entry.f_code)
     ):
         return None
     spec = launcher.f_globals.get("__spec__")

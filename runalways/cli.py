@@ -3,12 +3,14 @@
     runalways run [--alone] [--wait S | --retry N[,S]] [--silent] [--backend NAME]
                   [--lock PATH | --name NAME] -- COMMAND [ARGS...]
     runalways status [--backend NAME] (SCRIPT | --lock PATH | --name NAME)
-    runalways backends
+    runalways backends [--json]
+    runalways completion (bash | zsh)
+    runalways --version
 
-Exit status: ``run`` exits with the command's status (128+N when signal N killed it),
-0 (or 1 with ``--alone``) when another copy holds the lock; ``status`` exits 0 when a
-copy holds the lock and 3 when none does (as ``systemctl is-active``); every error
-prints one line and exits 2.
+The exit statuses of each command are in :data:`EXIT_STATUSES`, which its ``--help``
+prints and spec/SPEC.md's table of R11 repeats: ``run`` exits with the command's status
+(126 when it cannot run, 127 when it is not found, as shells do), ``status`` 0 or 3 (as
+``systemctl is-active``); every error of runalways itself prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import shlex
 import shutil
 import sys
 
-from runalways import _policy
+from runalways import __version__, _policy
 from runalways._lockdir import earlier_holder, lock_file_target
 from runalways._settings import parse_exit_code, parse_retry, parse_seconds
-from runalways.backends import get_class, names
 from runalways.backends.base import Backend, FileLockBackend, Target
 from runalways.errors import RunAlwaysError, SettingError
 
@@ -31,6 +32,35 @@ if TYPE_CHECKING:
     from typing import NoReturn, Sequence
 
 NOT_RUNNING = 3
+#: As POSIX shells, env(1), timeout(1) and flock(1): the command was found but cannot run,
+#: or was not found at all. runalways's own errors keep status 2.
+CANNOT_RUN = 126
+NOT_FOUND = 127
+READER_GONE = 128 + 13  # SIGPIPE
+
+_USAGE_ERROR = ("2", "an error of runalways itself (a bad option or setting, a lock that fails): one line on stderr")
+_READER_GONE = (str(READER_GONE), "the reader of the output went away (| head), as for SIGPIPE")
+
+#: Every status each command can exit with: its --help lists them, and spec/SPEC.md's table
+#: must list the same (spec/conformance/test_cli.py compares the two).
+EXIT_STATUSES = {
+    "run": [
+        ("N", "the command's own status; 128+N when signal N killed it"),
+        ("0", "another copy holds the lock (1 with --alone, N with --conflict-exit-code N)"),
+        _USAGE_ERROR,
+        (str(CANNOT_RUN), "COMMAND was found but cannot run: no execute permission, not a program, a directory"),
+        (str(NOT_FOUND), "COMMAND was not found"),
+    ],
+    "status": [
+        ("0", "a copy holds the lock"),
+        (str(NOT_RUNNING), "no copy holds it"),
+        _USAGE_ERROR,
+        _READER_GONE,
+    ],
+    "list": [("0", "the list was printed (it may be empty)"), _USAGE_ERROR, _READER_GONE],
+    "backends": [("0", "the list was printed"), _USAGE_ERROR, _READER_GONE],
+    "completion": [("0", "the script was printed"), _USAGE_ERROR, _READER_GONE],
+}
 
 #: How status names a lock of a kind /proc/locks lists.
 _LOCK_KINDS = {"FLOCK": "an flock", "POSIX": "a POSIX", "OFDLCK": "an OFD"}
@@ -64,12 +94,21 @@ def _retry(text: str) -> str:
     return text
 
 
+def _exit_statuses(command: str) -> str:
+    """The ``exit status:`` section of a command's --help, as a manual page has one."""
+    rows = EXIT_STATUSES[command]
+    width = max(len(status) for status, _ in rows)
+    return "exit status:\n" + "\n".join(f"  {status.ljust(width)}  {meaning}" for status, meaning in rows)
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="runalways",
         description="Make sure exactly one copy of a job runs.",
-        epilog="Settings also come from RUNALWAYS_* environment variables; see the README.",
+        epilog="Settings also come from RUNALWAYS_* environment variables; see the README. "
+        "Each command's --help lists its exit statuses.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"runalways {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -78,6 +117,8 @@ def _parser() -> _Parser:
         help="run COMMAND unless another copy of it holds the lock",
         description="Run COMMAND holding a lock; if another copy holds it, exit 0 (1 with --alone) at once. "
         "The default lock is the resolved command and its arguments.",
+        epilog=_exit_statuses("run"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--alone", action="store_true", help="exit 1 with a message when another copy runs")
     waiting = run.add_mutually_exclusive_group()
@@ -97,6 +138,8 @@ def _parser() -> _Parser:
         "status",
         help="say whether a copy holds the lock (exit 0) or not (exit 3)",
         description="Show whether a copy holds the lock, its pid, user and start time. Never takes the lock.",
+        epilog=_exit_statuses("status"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("script", nargs="?", metavar="SCRIPT", help="the guarded script")
     _add_backend_and_target(status)
@@ -107,9 +150,30 @@ def _parser() -> _Parser:
         description="List every lock runalways holds on this machine, however it was taken (import guard, "
         "runalways run, the API), oldest first. Each entry is checked against the lock itself: a holder that "
         "is gone never appears. Root sees the locks of every user, others their own.",
+        epilog=_exit_statuses("list"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listing.add_argument("--json", action="store_true", help="one JSON object a line, for scripts")
-    commands.add_parser("backends", help="list the backends and what their locks survive")
+
+    backends = commands.add_parser(
+        "backends",
+        help="list the backends and what their locks survive",
+        description="List every backend: whether it works here, how it locks, and what its lock survives.",
+        epilog=_exit_statuses("backends"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backends.add_argument("--json", action="store_true", help="print the declared capabilities as JSON, for scripts")
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a script that completes runalways's commands, options and backends. "
+        "bash: source <(runalways completion bash); "
+        "zsh: runalways completion zsh > ~/.zfunc/_runalways (a directory in $fpath).",
+        epilog=_exit_statuses("completion"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     return parser
 
 
@@ -129,23 +193,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(arguments)
         if arguments.command == "list":
             return _list(arguments)
-        return _backends()
+        if arguments.command == "completion":
+            from runalways._completion import script
+
+            sys.stdout.write(script(arguments.shell, _parser()))
+            return 0
+        return _backends(arguments.json)
     except RunAlwaysError as error:
         _policy.fail(str(error))
     except BrokenPipeError:
         # The reader went away (`runalways backends | head`): no traceback, and no second
         # error when Python flushes stdout at exit. Exit as a program killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + 13
+        return READER_GONE
 
 
 def _run(arguments: argparse.Namespace) -> int:
     command = arguments.argv[1:] if arguments.argv[:1] == ["--"] else arguments.argv
     if not command:
         raise SettingError("no command to run; usage: runalways run [OPTIONS] -- COMMAND [ARGS...]")
-    executable = shutil.which(command[0])
-    if executable is None:
-        raise SettingError(f"cannot run {command[0]!r}: command not found")
+    executable = _program(command[0])
     chosen = _policy.options(
         os.environ,
         backend=arguments.backend,
@@ -170,6 +237,28 @@ def _run(arguments: argparse.Namespace) -> int:
     if holding is not None:
         holding.release()  # removes a lock file runalways named itself: none is left per argument
     return status
+
+
+def _program(name: str) -> str:
+    """The file ``name`` runs, looked up in PATH unless it has a slash, as a shell does.
+
+    Checked before taking the lock: a command that cannot run exits 127 (not found) or 126
+    (found, cannot run) with a line saying which, never 2, which is runalways's own error.
+    """
+    if "/" in name:
+        if not os.path.exists(name):  # a dangling symbolic link too
+            _policy.fail(f"cannot run {name!r}: no such file (not found)", NOT_FOUND)
+        path = name
+    else:
+        found = shutil.which(name)  # executable files only, as the shell's search
+        if found is None:
+            _policy.fail(f"cannot run {name!r}: command not found in PATH", NOT_FOUND)
+        path = found
+    if os.path.isdir(path):
+        _policy.fail(f"cannot run {name!r}: found, but it is a directory, not a program", CANNOT_RUN)
+    if not os.access(path, os.X_OK):
+        _policy.fail(f"cannot run {name!r}: found, but not executable (no execute permission)", CANNOT_RUN)
+    return path
 
 
 def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> int:
@@ -210,7 +299,13 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
             )
         )
     except OSError as error:
-        raise SettingError(f"cannot run {shown!r}: {error.strerror}") from None
+        # Found and executable, yet exec failed: the interpreter its #! line names is not
+        # found (ENOENT: 127, as env(1) says), or it is not a program (ENOEXEC: 126).
+        import errno
+
+        if error.errno == errno.ENOENT:
+            _policy.fail(f"cannot run {shown!r}: the interpreter its #! line names is not found", NOT_FOUND)
+        _policy.fail(f"cannot run {shown!r}: found, but not a program ({error.strerror})", CANNOT_RUN)
     for signum in pending:
         child[0].send_signal(signum)
     status = child[0].wait()
@@ -341,13 +436,8 @@ def _list(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _backends() -> int:
-    for name in names():
-        backend = get_class(name)
-        reason = backend.unavailable()
-        about = (sys.modules[backend.__module__].__doc__ or backend.__doc__ or "").strip()
-        print(f"{name}: {'usable' if reason is None else 'unavailable: ' + reason}")
-        print(f"  {about.splitlines()[0] if about else '(no description)'}")
-        facts = backend.capabilities.as_dict()
-        print("  " + ", ".join(f"{key}={value}" for key, value in facts.items()))
+def _backends(as_json: bool) -> int:
+    from runalways import _listing
+
+    print(_listing.as_json() if as_json else _listing.as_table())
     return 0

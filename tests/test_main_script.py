@@ -6,6 +6,8 @@ statement that imported it; the statements run as real code of a ``__main__`` mo
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -56,20 +58,34 @@ def run_as_main(source: str, name: str = "__main__") -> None:
     exec(compile(textwrap.dedent(source), "<main>", "exec"), {"__name__": name})
 
 
-@pytest.mark.parametrize(
-    ("source", "plain", "sub", "statement"),
-    [
-        ("import probe", True, False, ("probe", None)),
-        ("import probe as p", True, False, ("probe", None)),
-        ("def f():\n    import probe\nf()", True, False, ("probe", None)),
-        ("import probe.sub", False, True, ("probe.sub", None)),
-        ("from probe import sub", False, True, ("probe", ("sub",))),
-        ("from probe.sub import sys", False, True, ("probe.sub", ("sys",))),
-        ("from probe import *", False, False, ("probe", ("*",))),
-    ],
-)
+STATEMENTS = [
+    ("import probe", True, False, ("probe", None)),
+    ("import probe as p", True, False, ("probe", None)),
+    ("def f():\n    import probe\nf()", True, False, ("probe", None)),
+    ("import probe.sub", False, True, ("probe.sub", None)),
+    ("from probe import sub", False, True, ("probe", ("sub",))),
+    ("from probe.sub import sys", False, True, ("probe.sub", ("sys",))),
+    ("from probe import *", False, False, ("probe", ("*",))),
+]
+
+
+@pytest.fixture(params=["table", "probed"])
+def fast_path_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statement is read by the fast path, from the table or, as on a version the table
+    does not know, from the probe; decoding with dis would fail the test."""
+    if request.param == "probed":
+        monkeypatch.setattr(_policy, "_LAYOUTS", {})
+    monkeypatch.setattr(_policy, "_layout", None)
+
+    def no_dis(frame: object) -> None:
+        raise AssertionError("an ordinary import statement was decoded with dis, the slow path")
+
+    monkeypatch.setattr(_policy, "_decoded_statement", no_dis)
+
+
+@pytest.mark.parametrize(("source", "plain", "sub", "statement"), STATEMENTS)
 def test_the_statement_is_read_from_the_importing_frame(
-    probe: Results, source: str, plain: bool, sub: bool, statement: object
+    probe: Results, fast_path_only: None, source: str, plain: bool, sub: bool, statement: object
 ) -> None:
     run_as_main(source)
     assert (probe.plain, probe.sub, probe.statement) == (plain, sub, statement)
@@ -80,11 +96,47 @@ def test_a_module_that_is_not_main_guards_nothing(probe: Results) -> None:
     assert probe.plain is False
 
 
-def test_unknown_bytecode_layouts_are_decoded_with_dis(probe: Results, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_policy, "_OPCODES", {})  # as on a Python version not in the table
-    run_as_main("from probe import sub")
+@pytest.mark.parametrize(("source", "plain", "sub", "statement"), STATEMENTS)
+def test_unknown_bytecode_layouts_are_decoded_with_dis(
+    probe: Results, monkeypatch: pytest.MonkeyPatch, source: str, plain: bool, sub: bool, statement: object
+) -> None:
+    monkeypatch.setattr(_policy, "_layout", ())  # as on a version whose bytecode the probe cannot read
+    run_as_main(source)
+    assert (probe.plain, probe.sub, probe.statement) == (plain, sub, statement)
+
+
+def test_operands_of_256_and_more_are_decoded_with_dis(probe: Results) -> None:
+    # 300 names before it: IMPORT_NAME needs an EXTENDED_ARG, which the fast path never misreads.
+    names = "\n".join(f"name_{index} = {index}" for index in range(300))
+    run_as_main(f"{names}\nfrom probe import sub")
     assert probe.statement == ("probe", ("sub",))
-    assert (probe.plain, probe.sub) == (False, True)
+
+
+def test_the_layout_table_and_the_probe_agree_with_the_interpreter() -> None:
+    """Checked on every version the suite runs on: the table's row (where it has one) and
+    the layout the probe learns are the numbers of this interpreter's own opcode module."""
+    import opcode
+
+    opmap = opcode.opmap
+    numbers = (opmap["IMPORT_NAME"], opmap["LOAD_CONST"], opmap.get("LOAD_SMALL_INT", opmap["LOAD_CONST"]))
+    probed = _policy._probed_layout()
+    assert probed is not None and probed[:3] == numbers
+    row = _policy._LAYOUTS.get(sys.version_info[:2])
+    assert row is None or row == probed
+
+
+def test_a_plain_import_runalways_takes_the_fast_path(tmp_path: Path) -> None:
+    """Fails on an interpreter whose import statement the guard decodes with dis (several ms a
+    start), and if the guard reads the package metadata (importlib.metadata, as slow)."""
+    script = tmp_path / "job.py"
+    slow = "{'dis', 'opcode', 'importlib.metadata'}"
+    script.write_text(f"import runalways\nimport sys\nprint(sorted({slow} & set(sys.modules)))\n")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("RUNALWAYS_")}
+    outcome = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=60, check=False
+    )
+    assert (outcome.returncode, outcome.stdout) == (0, "[]\n"), outcome.stderr
+    assert "has been started at" in outcome.stderr  # the guard did run
 
 
 @pytest.mark.parametrize(
