@@ -62,7 +62,22 @@ held: "list[Backend]" = []
 class Options:
     """Settings after the environment and the caller's keywords are merged and checked."""
 
-    __slots__ = ("backend", "conflict_exit", "fork", "identity", "lock", "silent", "skip", "timeout")
+    __slots__ = (
+        "backend",
+        "conflict_exit",
+        "deadline",
+        "fork",
+        "identity",
+        "kill_grace",
+        "lock",
+        "log",
+        "on_stale",
+        "silent",
+        "skip",
+        "stale_after",
+        "stale_exit",
+        "timeout",
+    )
 
     def __init__(self, backend: "type[Backend]") -> None:
         self.backend = backend
@@ -76,6 +91,17 @@ class Options:
         self.fork = "inherit"
         #: The exit status when another copy holds the lock; None: the policy's own.
         self.conflict_exit: int | None = None
+        #: Seconds the job may run before it gets SIGTERM (RUNALWAYS_TIMEOUT); None: no deadline.
+        self.deadline: float | None = None
+        #: Seconds from SIGTERM to SIGKILL, at a deadline and for a stale holder.
+        self.kill_grace = 10.0
+        #: A holder older than this many seconds (or its last heartbeat) is stale; None: never.
+        self.stale_after: float | None = None
+        #: "report" a stale holder and exit stale_exit, or "kill" it and run.
+        self.on_stale = "report"
+        self.stale_exit = 4
+        #: "syslog" or a file that every start, skip, stale holder and deadline is recorded in.
+        self.log: str | None = None
 
 
 def options(
@@ -88,6 +114,9 @@ def options(
     identity: "str | None" = None,
     fork: "str | None" = None,
     conflict_exit: "int | None" = None,
+    deadline: "float | str | None" = None,
+    kill_grace: "float | str | None" = None,
+    stale_after: "float | str | None" = None,
     environment_wins: bool = True,
 ) -> "Options":
     """Merge the environment with the caller's keywords, checking both.
@@ -96,7 +125,7 @@ def options(
     SKIP/SILENT/RETRY_SYS_RUNALONE do in Perl, so an operator can change a deployed
     script's behaviour; on the command line the options typed win.
     """
-    given = (backend, silent, retry, wait, identity, fork, conflict_exit)
+    given = (backend, silent, retry, wait, identity, fork, conflict_exit, deadline, kill_grace, stale_after)
     if given == (None,) * len(given) and not any(key.startswith("RUNALWAYS_") for key in environ):
         # The common cron start: nothing to parse, so the parsers are not even imported.
         return Options(get(default_name()))
@@ -113,6 +142,9 @@ def options(
         fork = _settings.parse_choice(fork, "fork", _settings.FORK_POLICIES)
     if conflict_exit is not None:
         conflict_exit = _settings.parse_exit_code(str(conflict_exit), "conflict_exit")
+    code_deadline = None if deadline is None else _settings.parse_deadline(str(deadline), "timeout")
+    code_grace = None if kill_grace is None else _settings.parse_seconds(str(kill_grace), "kill_grace")
+    code_stale = None if stale_after is None else _settings.parse_deadline(str(stale_after), "stale_after")
     code_timeout = wait if retry is None else _timeout(_settings.parse_retry(retry, "retry"))
     env = _settings.FromEnvironment(environ)
 
@@ -133,6 +165,18 @@ def options(
     chosen.identity = (env.identity if from_environment(env.identity, identity) else identity) or "inode"
     chosen.fork = (env.fork if from_environment(env.fork, fork) else fork) or "inherit"
     chosen.conflict_exit = env.conflict_exit if from_environment(env.conflict_exit, conflict_exit) else conflict_exit
+    chosen.deadline = env.deadline if from_environment(env.deadline, code_deadline) else code_deadline
+    grace = env.kill_grace if from_environment(env.kill_grace, code_grace) else code_grace
+    chosen.kill_grace = _settings.KILL_GRACE if grace is None else grace
+    chosen.stale_after = env.stale_after if from_environment(env.stale_after, code_stale) else code_stale
+    if chosen.stale_after is None and (env.on_stale is not None or env.stale_exit is not None):
+        raise SettingError(
+            "RUNALWAYS_ON_STALE and RUNALWAYS_STALE_EXIT say what to do with a stale holder, "
+            "but no limit says when one is stale: set RUNALWAYS_STALE_AFTER (such as 2h) too"
+        )
+    chosen.on_stale = env.on_stale or "report"
+    chosen.stale_exit = _settings.STALE_EXIT if env.stale_exit is None else env.stale_exit
+    chosen.log = env.log
     return chosen
 
 
@@ -182,7 +226,8 @@ def skipped(chosen: "Options", display: str) -> bool:
 def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
     backend = chosen.backend(target)
-    if not backend.take(chosen.timeout):
+    if not backend.take(chosen.timeout) and not _stale_taken_over(backend, chosen):
+        record(chosen, "skip", backend)
         if policy == ALONE and not chosen.silent:
             # Say who holds it: "already running" alone leaves an operator guessing
             # whether a job hangs, or whether another user squats its lock.
@@ -197,7 +242,39 @@ def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
         _say(f"runalways: '{target.display}' runs without the lock: {backend.unlocked}")
     if not chosen.silent:
         _say(f"'{target.display}' has been started at {int(time.time())}")
+    record(chosen, "start", backend)
     return backend
+
+
+def _stale_taken_over(backend: "Backend", chosen: "Options") -> bool:
+    """RUNALWAYS_STALE_AFTER: report a holder held too long (exit), or kill it and take the lock (True)."""
+    if chosen.stale_after is None:
+        return False
+    from runalways._stale import take_over
+
+    return take_over(backend, chosen)
+
+
+def record(chosen: "Options", event: str, backend: "Backend", **fields: object) -> None:
+    """RUNALWAYS_LOG: one line about ``event`` in the job's record; nothing without the setting."""
+    if chosen.log is not None:
+        from runalways._eventlog import record as write
+
+        write(chosen.log, event, backend, fields)
+
+
+def arm_deadline(chosen: "Options") -> None:
+    """RUNALWAYS_TIMEOUT for a guarded script (``runalways run`` keeps its own, on the command's process group)."""
+    if chosen.deadline is None:
+        return
+    from runalways._fence import arm_deadline as arm
+
+    try:
+        arm(chosen.deadline, chosen.kill_grace)
+    except OSError as error:
+        from runalways.errors import SettingError
+
+        raise SettingError(f"RUNALWAYS_TIMEOUT cannot be kept here: {error}") from None
 
 
 def guard_import(policy: str, module: str, frame: "FrameType") -> None:
@@ -214,6 +291,7 @@ def guard_import(policy: str, module: str, frame: "FrameType") -> None:
         chosen = options(os.environ)
         if not skipped(chosen, sys.argv[0] if sys.argv else ""):
             enforce(policy, script_target(main_globals, chosen), chosen)
+            arm_deadline(chosen)
     except Exception as error:
         # runalways.errors is loaded only when something went wrong: every import of
         # a module costs each cron start, and this one is not needed when nothing fails.

@@ -211,6 +211,15 @@ class Backend:
         """Who holds the lock now, or None if nobody does. Never takes the lock."""
         raise NotImplementedError
 
+    def lock_key(self) -> str:
+        """What names this lock to every process that takes it (in heartbeats and the job's log).
+
+        The name for a backend that locks a name, else the resolved path of the locked file.
+        """
+        if self.capabilities.identity == "name":
+            return "name:" + self.target.name
+        return os.path.realpath(self.target.file())
+
     def child_environment(self) -> dict[str, str]:
         """Variables ``runalways run`` adds to the environment of the command it runs holding this lock."""
         return {}

@@ -101,6 +101,8 @@ BAD_COMMAND_LINES = [
     ["status", "no-such-file.py"],
     ["frobnicate"],
     ["run", "--backend", "no-such-backend", "--", "true"],
+    ["run", "--timeout", "soon", "--", "true"],
+    ["status", "--stale-after", "0", "--name", "job"],
 ]
 
 
