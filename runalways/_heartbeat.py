@@ -30,9 +30,13 @@ _warned = False
 
 
 def file_for(backend: Backend) -> str:
+    return _file_for_key(backend.lock_key())
+
+
+def _file_for_key(key: str) -> str:
     from runalways._lockdir import lock_file_for
 
-    return lock_file_for("heartbeat:" + backend.lock_key(), backend.target.name, suffix=".beat")
+    return lock_file_for("heartbeat:" + key, os.path.basename(key), suffix=".beat")
 
 
 def beat(held: list[Backend]) -> None:
@@ -47,22 +51,19 @@ def beat(held: list[Backend]) -> None:
             if id(holding) not in _files:
                 _files[id(holding)] = file_for(holding)
             _touch(_files[id(holding)], os.getpid())
-        inherited = os.environ.get("RUNALWAYS_HEARTBEAT", "").strip()
+        inherited = os.environ.get("RUNALWAYS_HEARTBEAT", "")
         if not held and inherited:
-            pid, _, path = inherited.partition(" ")
-            if pid.isdigit() and path:
-                _touch(path, int(pid))
+            pid, _, key = inherited.partition(" ")
+            if pid.isdigit() and key:
+                if -1 not in _files:
+                    _files[-1] = _file_for_key(key)
+                _touch(_files[-1], int(pid))
     except Exception as error:  # a heartbeat that cannot be written never fails the job
         from runalways.errors import RunAlwaysError
 
         if not isinstance(error, (OSError, RunAlwaysError)):
             raise
         _warn(str(error))
-
-
-def environment(backend: Backend) -> dict[str, str]:
-    """What ``runalways run`` tells its command, so that the command's heartbeats count for the lock it holds."""
-    return {"RUNALWAYS_HEARTBEAT": f"{os.getpid()} {file_for(backend)}"}
 
 
 def _touch(path: str, pid: int) -> None:

@@ -189,6 +189,8 @@ def _run(arguments: argparse.Namespace) -> int:
         stale_after=arguments.stale_after,
         environment_wins=False,
     )
+    if arguments.kill_after is not None and chosen.deadline is None and chosen.on_stale != "kill":
+        raise SettingError("--kill-after is the grace after a deadline's SIGTERM: give --timeout too")
     display = shlex.join(command)
     if arguments.lock or arguments.name:
         target = _target(arguments, chosen)
@@ -264,16 +266,15 @@ def _supervise(
 
 
 def _command_environment(holding: Backend | None) -> dict[str, str] | None:
+    """The command's environment: the backend's additions, and which lock its heartbeats are for.
+
+    RUNALWAYS_HEARTBEAT is ``<pid of the holder> <lock key>``: runalways.api.heartbeat()
+    in the command marks progress for this process's lock, and nothing is computed here
+    for a command that never beats.
+    """
     if holding is None:
         return None
-    from runalways._heartbeat import environment
-
-    added = holding.child_environment()
-    try:
-        added.update(environment(holding))
-    except RunAlwaysError:
-        pass  # no private lock directory: the command's heartbeats are not counted, the rest works
-    return {**os.environ, **added}
+    return {**os.environ, **holding.child_environment(), "RUNALWAYS_HEARTBEAT": f"{os.getpid()} {holding.lock_key()}"}
 
 
 def _in_child(die: Callable[[], None] | None, own_group: bool) -> Callable[[], None] | None:

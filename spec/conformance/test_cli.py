@@ -102,6 +102,7 @@ BAD_COMMAND_LINES = [
     ["frobnicate"],
     ["run", "--backend", "no-such-backend", "--", "true"],
     ["run", "--timeout", "soon", "--", "true"],
+    ["run", "--kill-after", "5", "--", "true"],
     ["status", "--stale-after", "0", "--name", "job"],
 ]
 

@@ -162,6 +162,8 @@ def test_run_reports_a_stale_holder_with_stale_after(fcntl_procs: Procs) -> None
     _older_than(time.time(), LIMIT)
     stale = fcntl_procs.run([*RUNALWAYS, "run", "--stale-after", str(LIMIT), "--name", "job", "--", "true"])
     assert stale.returncode == 4 and f"pid {holder.pid}" in stale.stderr, stale
+    status = fcntl_procs.run([*RUNALWAYS, "status", "--stale-after", str(LIMIT), "--name", "job"])
+    assert status.returncode == 4 and "\n  stale: held for " in status.stdout, status
     finish(holder)
 
 
@@ -188,20 +190,20 @@ def test_a_heartbeat_keeps_a_slow_holder_fresh(procs: Procs) -> None:
 
 
 @pytest.mark.clause("R13.5", "R13.7")
-def test_a_command_under_run_beats_for_the_lock_of_its_wrapper(fcntl_procs: Procs) -> None:
+def test_a_command_under_run_beats_for_the_lock_of_its_wrapper(procs: Procs) -> None:
     command = (
         "import sys, runalways.api; print('ready', flush=True); sys.stdin.readline(); "
         "runalways.api.heartbeat(); print('beaten', flush=True); sys.stdin.read()"
     )
-    holder = fcntl_procs.start([*RUNALWAYS, "run", "--silent", "--name", "job", "--", sys.executable, "-c", command])
+    holder = procs.start([*RUNALWAYS, "run", "--silent", "--name", "job", "--", sys.executable, "-c", command])
     wait_for_line(holder, "ready")
     limit = 3.0
     _older_than(time.time(), limit)
     check = [*RUNALWAYS, "status", "--json", "--stale-after", str(limit), "--name", "job"]
-    assert fcntl_procs.run(check).returncode == 4
+    assert procs.run(check).returncode == 4
     send(holder, "beat\n")
     wait_for_line(holder, "beaten")
-    fresh = fcntl_procs.run(check)
+    fresh = procs.run(check)
     assert fresh.returncode == 0, fresh
     assert json.loads(fresh.stdout)["last_heartbeat"] is not None
     finish(holder)
