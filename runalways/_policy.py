@@ -93,7 +93,9 @@ class Options:
         self.conflict_exit: int | None = None
         #: Seconds the job may run before it gets SIGTERM (RUNALWAYS_TIMEOUT); None: no deadline.
         self.deadline: float | None = None
-        #: Seconds from SIGTERM to SIGKILL, at a deadline and for a stale holder.
+        #: Seconds from SIGTERM to SIGKILL, at a deadline and for a stale holder. The
+        #: defaults here repeat _settings.KILL_GRACE and STALE_EXIT: a start without
+        #: settings does not import _settings.
         self.kill_grace = 10.0
         #: A holder older than this many seconds (or its last heartbeat) is stale; None: never.
         self.stale_after: float | None = None
