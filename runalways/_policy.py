@@ -245,6 +245,13 @@ def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     if not chosen.silent:
         _say(f"'{target.display}' has been started at {int(time.time())}")
     record(chosen, "start", backend)
+    if chosen.stale_after is not None or chosen.timeout != 0:
+        # Taken after a wait or a kill, perhaps long after this process started: a
+        # heartbeat now, or a start checking for stale holders would count this holder's
+        # age from its process start and could take it for a hung one.
+        from runalways._heartbeat import beat
+
+        beat([backend], rate_limited=False)
     return backend
 
 

@@ -109,6 +109,15 @@ def _kill(backend: Backend, holder: Holder, grace: float) -> bool | str:
     """
     assert holder.pid is not None
     pid = holder.pid
+    from runalways._proc import start_ticks
+
+    # The process judged stale, by its pid and start time: a pid the system gave to
+    # another process meanwhile is never signalled.
+    started = start_ticks(pid)
+
+    def gone() -> bool:
+        return _dead(pid) or start_ticks(pid) != started
+
     try:
         group = os.getpgid(pid)
     except ProcessLookupError:
@@ -117,6 +126,8 @@ def _kill(backend: Backend, holder: Holder, grace: float) -> bool | str:
     # started from the same shell must not take this process down with it.
     target_group = group if group is not None and group != os.getpgrp() else None
     for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _DEATH_TIMEOUT)):
+        if gone():
+            break
         try:
             if target_group is not None:
                 os.killpg(target_group, signum)
@@ -126,7 +137,7 @@ def _kill(backend: Backend, holder: Holder, grace: float) -> bool | str:
             pass
         except PermissionError:
             return "cannot signal it: not killed"
-        if _wait(lambda: _dead(pid), wait):
+        if _wait(gone, wait):
             break
     else:
         return f"still there {duration(_DEATH_TIMEOUT)} after SIGKILL (stuck in the kernel?)"

@@ -27,6 +27,18 @@ print("ready", flush=True)
 sys.stdin.read()
 """
 
+#: A slow but healthy job: once told to, it marks progress in its loop until it is ended.
+BEATING = """
+import sys, time
+import runalways.api
+print("ready", flush=True)
+sys.stdin.readline()
+print("beating", flush=True)
+while True:
+    runalways.api.heartbeat()
+    time.sleep(0.05)
+"""
+
 #: Seconds a holder must be held for, in the stale cases.
 LIMIT = 1.0
 
@@ -167,43 +179,33 @@ def test_run_reports_a_stale_holder_with_stale_after(fcntl_procs: Procs) -> None
 
 @pytest.mark.clause("R13.5")
 def test_a_heartbeat_keeps_a_slow_holder_fresh(procs: Procs) -> None:
-    body = """
-    import sys
-    import runalways.api
-    print("ready", flush=True)
-    for line in sys.stdin:
-        runalways.api.heartbeat()
-        print("beaten", flush=True)
-    """
-    job = procs.script("job.py", body)
+    job = procs.script("job.py", BEATING)
     holder = procs.hold(job)
     limit = 3.0
     _older_than(time.time(), limit)
     settings = {"RUNALWAYS_STALE_AFTER": str(limit), "RUNALWAYS_SILENT": "1"}
     assert procs.run_python(job, env=settings).returncode == 4  # no heartbeat yet: stale
     send(holder, "beat\n")
-    wait_for_line(holder, "beaten")
+    wait_for_line(holder, "beating")
     assert procs.run_python(job, env=settings).returncode == 0  # fresh again
+    holder.kill()
     finish(holder)
 
 
 @pytest.mark.clause("R13.5", "R13.7")
 def test_a_command_under_run_beats_for_the_lock_of_its_wrapper(procs: Procs) -> None:
-    command = (
-        "import sys, runalways.api; print('ready', flush=True); sys.stdin.readline(); "
-        "runalways.api.heartbeat(); print('beaten', flush=True); sys.stdin.read()"
-    )
-    holder = procs.start([*RUNALWAYS, "run", "--silent", "--name", "job", "--", sys.executable, "-c", command])
+    holder = procs.start([*RUNALWAYS, "run", "--silent", "--name", "job", "--", sys.executable, "-c", BEATING])
     wait_for_line(holder, "ready")
     limit = 3.0
     _older_than(time.time(), limit)
     check = [*RUNALWAYS, "status", "--json", "--stale-after", str(limit), "--name", "job"]
     assert procs.run(check).returncode == 4
     send(holder, "beat\n")
-    wait_for_line(holder, "beaten")
+    wait_for_line(holder, "beating")
     fresh = procs.run(check)
     assert fresh.returncode == 0, fresh
     assert json.loads(fresh.stdout)["last_heartbeat"] is not None
+    holder.send_signal(signal.SIGTERM)  # passed on to the command, which ends with it
     finish(holder)
 
 
