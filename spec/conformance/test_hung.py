@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -326,3 +327,27 @@ def test_a_record_that_cannot_be_written_is_one_warning_not_a_failed_job(fcntl_p
     assert (outcome.returncode, outcome.stdout) == (0, "body\n"), outcome
     assert outcome.stderr.count("\n") == 1 and "cannot write to RUNALWAYS_LOG" in outcome.stderr, outcome.stderr
     assert not os.path.exists(unwritable)
+
+
+@pytest.mark.clause("R13.6")
+def test_the_cluster_backend_reports_a_holder_on_another_host_and_never_kills_it(
+    tmp_path: Path, postgres_settings: dict[str, str]
+) -> None:
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "unshare (util-linux) is needed to give the holder a host of its own"
+    procs = Procs("postgres", tmp_path, postgres_settings)
+    try:
+        job = procs.script("job.py", STUBBORN)
+        # The holder runs in a UTS namespace of its own, under another host name: to the
+        # lock's label (and to every start here) it is a copy on another host.
+        holder = procs.start([unshare, "--uts", "sh", "-c", f'hostname elsewhere && exec "$0" {job}', sys.executable])
+        wait_for_line(holder, "ready")
+        _older_than(time.time(), LIMIT)
+        settings = {"RUNALWAYS_STALE_AFTER": str(LIMIT), "RUNALWAYS_ON_STALE": "kill"}
+        outcome = procs.run_python(job, env=settings)
+        assert outcome.returncode == 4, outcome
+        assert "host elsewhere" in outcome.stderr and "on another host: never killed from here" in outcome.stderr
+        assert holder.poll() is None
+        finish(holder)
+    finally:
+        procs.reap()
