@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Procs, finish, read_line, send, wait_for_line, wait_until
+from harness import TIMEOUT, Procs, finish, read_line, send, wait_for_line, wait_until
 
 RUNALWAYS = [sys.executable, "-m", "runalways"]
 
@@ -351,3 +351,40 @@ def test_the_cluster_backend_reports_a_holder_on_another_host_and_never_kills_it
         finish(holder)
     finally:
         procs.reap()
+
+
+@pytest.mark.clause("R13.8")
+def test_syslog_gets_every_start_and_skip(fcntl_procs: Procs) -> None:
+    import socket
+    import tempfile
+
+    # A syslog socket of the test's own, at /dev/log in a mount namespace of the job's
+    # own (a private tmpfs over /dev): the machine's /dev/log is never touched.
+    folder = tempfile.mkdtemp(prefix="ra-syslog-")  # short: a socket's path has at most 107 bytes
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        listener.bind(os.path.join(folder, "log"))
+        listener.settimeout(TIMEOUT)
+        job = fcntl_procs.script("job.py")
+        in_namespace = [
+            shutil.which("unshare") or "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t tmpfs tmpfs /dev && ln -s "$1" /dev/log && exec "$0" "$2"',
+            sys.executable,
+            os.path.join(folder, "log"),
+            str(job),
+        ]
+        holder = fcntl_procs.start(in_namespace, env={"RUNALWAYS_LOG": "syslog"})
+        wait_for_line(holder, "ready")
+        skipped = fcntl_procs.run(in_namespace, env={"RUNALWAYS_LOG": "syslog"})
+        assert (skipped.returncode, skipped.stdout, skipped.stderr) == (0, "", "")
+        messages = [listener.recv(4096).decode() for _ in range(2)]
+        finish(holder)
+    finally:
+        listener.close()
+        shutil.rmtree(folder)
+    assert messages[0].startswith("<14>") and f"runalways[{holder.pid}]: " in messages[0], messages
+    assert " event=start " in messages[0] and " event=skip " in messages[1], messages
+    assert f" holder_pid={holder.pid} " in messages[1], messages
