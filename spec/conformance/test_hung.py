@@ -178,6 +178,24 @@ def test_run_reports_a_stale_holder_with_stale_after(fcntl_procs: Procs) -> None
     finish(holder)
 
 
+@pytest.mark.clause("R13.4")
+def test_guard_takes_the_limit_as_a_keyword(fcntl_procs: Procs) -> None:
+    body = """
+    import os, sys
+    import runalways.api
+    runalways.api.guard(stale_after=os.environ.get("LIMIT") or None, silent=True)
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+    job = fcntl_procs.script("job.py", body, header="")
+    holder = fcntl_procs.hold(job)
+    _older_than(time.time(), LIMIT)
+    assert fcntl_procs.run_python(job).returncode == 0  # no limit: the usual silent exit
+    stale = fcntl_procs.run_python(job, env={"LIMIT": str(LIMIT)})
+    assert stale.returncode == 4 and f"pid {holder.pid}" in stale.stderr, stale
+    finish(holder)
+
+
 @pytest.mark.clause("R13.5")
 def test_a_heartbeat_keeps_a_slow_holder_fresh(procs: Procs) -> None:
     job = procs.script("job.py", BEATING)
