@@ -177,6 +177,11 @@ def options(
             "but no limit says when one is stale: set RUNALWAYS_STALE_AFTER (such as 2h) too"
         )
     chosen.on_stale = env.on_stale or "report"
+    if env.kill_grace is not None and chosen.deadline is None and chosen.on_stale != "kill":
+        raise SettingError(
+            "RUNALWAYS_KILL_GRACE is the time from SIGTERM to SIGKILL, but nothing here sends SIGTERM: "
+            "set RUNALWAYS_TIMEOUT, or RUNALWAYS_STALE_AFTER with RUNALWAYS_ON_STALE=kill, too"
+        )
     chosen.stale_exit = _settings.STALE_EXIT if env.stale_exit is None else env.stale_exit
     chosen.log = env.log
     return chosen

@@ -123,13 +123,15 @@ def test_guard_takes_the_deadline_as_a_keyword(fcntl_procs: Procs) -> None:
 @pytest.mark.parametrize("value", ["soon", "-1", "5x"])
 def test_a_bad_duration_is_one_line_and_exit_2(fcntl_procs: Procs, setting: str, value: str) -> None:
     job = fcntl_procs.script("job.py", "print('body')\n")
-    outcome = fcntl_procs.run_python(job, env={setting: value})
+    outcome = fcntl_procs.run_python(job, env={"RUNALWAYS_TIMEOUT": "1h", setting: value})
     assert outcome.returncode == 2 and outcome.stdout == "", outcome
     assert outcome.stderr.count("\n") == 1 and "45m" in outcome.stderr, outcome.stderr
 
 
 @pytest.mark.clause("R13.6")
-@pytest.mark.parametrize("setting", [("RUNALWAYS_ON_STALE", "kill"), ("RUNALWAYS_STALE_EXIT", "5")])
+@pytest.mark.parametrize(
+    "setting", [("RUNALWAYS_ON_STALE", "kill"), ("RUNALWAYS_STALE_EXIT", "5"), ("RUNALWAYS_KILL_GRACE", "5")]
+)
 def test_what_to_do_with_a_stale_holder_needs_a_limit(fcntl_procs: Procs, setting: tuple[str, str]) -> None:
     job = fcntl_procs.script("job.py", "print('body')\n")
     outcome = fcntl_procs.run_python(job, env=dict([setting]))
