@@ -236,6 +236,41 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
     return found
 
 
+def baseline(ref: str, project: Path, destination: Path) -> Guard:
+    """The default guard as it was at the git revision ``ref``, measured in the same run as today's.
+
+    Its sources are taken from git (``git archive``) and put first on PYTHONPATH, so that
+    they shadow the installed wheel: a change can be shown not to slow the common start,
+    side by side with the version before it, on the same machine under the same load.
+    """
+    import io
+    import subprocess
+    import tarfile
+
+    archive = subprocess.run(
+        ["git", "-C", str(project), "archive", "--format=tar", ref, "runalways"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as sources:
+        sources.extractall(destination, filter="data")
+    return Guard(
+        f"runalways-at-{ref}",
+        f"runalways `fcntl` at {ref} (before)",
+        "runalways",
+        how=f"`import runalways`, the sources of git revision {ref} first on PYTHONPATH",
+        lock="import runalways\n",
+        wait="import runalways\n",
+        release="for _held in runalways._policy.held:\n    _held.release()\n",
+        env={"PYTHONPATH": str(destination)},
+        wait_env={"RUNALWAYS_RETRY": f"{WAIT_SECONDS},1"},
+        kernel_wait=True,
+        wait_doc="kernel wake-up (blocking lock call)",
+    )
+
+
 def script(guard: Guard, body: str, *, wait: bool = False, header: str = HEADER, waiting_tag: str = "") -> str:
     """The job script for ``guard``: header, guard (for preamble guards), body.
 

@@ -48,6 +48,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         "--no-install", action="store_true", help="use benchmarks/.venv as it is (do not reinstall runalways)"
     )
     parser.add_argument(
+        "--baseline",
+        metavar="GIT-REF",
+        help="also measure runalways as it was at this git revision, side by side (as 'runalways at REF')",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(PHASES),
         help="comma-separated phases to run (default: all)",
@@ -119,6 +124,8 @@ def measure(options: argparse.Namespace) -> None:
     machine = report.machine_facts()
     with tempfile.TemporaryDirectory(prefix="runalways-bench-") as root:
         found = guards.peers() + guards.runalways_guards(str(VENV / "bin" / "runalways"))
+        if options.baseline:
+            found.append(guards.baseline(options.baseline, PROJECT, Path(root) / "baseline"))
         ctx = phases.Context(
             python=sys.executable,
             base_env=child_environment(),

@@ -63,16 +63,19 @@ class KillTimer:
     """A one-shot kernel timer that kills this process at an absolute deadline on :func:`now`'s clock.
 
     Not inherited by fork() children (neither kind of timer is), so a child never dies
-    for its parent's lease.
+    for its parent's lease. ``signum`` other than SIGKILL (the SIGTERM of a run deadline)
+    needs the POSIX timer: the fallback can only terminate.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signum: int = signal.SIGKILL) -> None:
         self._posix: _PosixTimer | None = None
         if hasattr(time, "CLOCK_BOOTTIME"):
             try:
-                self._posix = _PosixTimer(time.CLOCK_BOOTTIME)
+                self._posix = _PosixTimer(time.CLOCK_BOOTTIME, signum)
             except OSError:
                 self._posix = None  # no timer_create here: fall back to setitimer
+        if self._posix is None and signum != signal.SIGKILL:
+            raise OSError(f"no POSIX timer here to send {signal.Signals(signum).name} at a deadline")
         if self._posix is None:
             # The fallback's signal must keep its default action, or the deadline would
             # run a handler (Python code) instead of ending the process.
@@ -84,7 +87,8 @@ class KillTimer:
                         "SIGALRM has a handler, set outside the main thread: no timer to fence with"
                     ) from None
         #: "posix timer (CLOCK_BOOTTIME, SIGKILL)" or "setitimer (SIGALRM)", for messages and tests.
-        self.kind = "posix timer (CLOCK_BOOTTIME, SIGKILL)" if self._posix else "setitimer (SIGALRM)"
+        name = signal.Signals(signum).name
+        self.kind = f"posix timer (CLOCK_BOOTTIME, {name})" if self._posix else "setitimer (SIGALRM)"
 
     def arm(self, deadline: float) -> None:
         """Kill this process at ``deadline`` (seconds on :func:`now`'s clock) unless re-armed or disarmed."""
@@ -108,15 +112,15 @@ class KillTimer:
 
 
 class _PosixTimer:
-    """timer_create(2) with SIGEV_SIGNAL/SIGKILL on one clock, driven through ctypes."""
+    """timer_create(2) with SIGEV_SIGNAL (``signum``) on one clock, driven through ctypes."""
 
-    def __init__(self, clock: int) -> None:
+    def __init__(self, clock: int, signum: int) -> None:
         import ctypes
 
         self._ctypes = ctypes
         self._libc = _libc_with("timer_create")
         self._spec_type = _itimerspec_type()  # built once: a renewal re-arms every TTL/3
-        event = _sigevent_type()(None, signal.SIGKILL, _SIGEV_SIGNAL)
+        event = _sigevent_type()(None, signum, _SIGEV_SIGNAL)
         self._id = ctypes.c_void_p()
         if self._libc.timer_create(ctypes.c_int(clock), ctypes.byref(event), ctypes.byref(self._id)) != 0:
             raise _os_error("timer_create")
@@ -187,6 +191,24 @@ def _os_error(call: str) -> OSError:
 
     number = ctypes.get_errno()
     return OSError(number, f"{call}: {os.strerror(number)}")
+
+
+#: The timers of this process's run deadline: referenced for as long as the process runs.
+_deadline_timers: list[KillTimer] = []
+
+
+def arm_deadline(seconds: float, grace: float) -> None:
+    """RUNALWAYS_TIMEOUT: SIGTERM to this process ``seconds`` from now, SIGKILL ``grace`` seconds later.
+
+    Kernel timers, not a thread: they fire while the script hangs in C code, holds the
+    GIL or blocks SIGTERM, and SIGKILL, which nothing can stop, follows SIGTERM. The lock
+    goes with the process, so the next start runs.
+    """
+    start = now()
+    for signum, at in ((signal.SIGTERM, start + seconds), (signal.SIGKILL, start + seconds + grace)):
+        timer = KillTimer(signum)
+        timer.arm(at)
+        _deadline_timers.append(timer)
 
 
 def die_with_parent() -> Callable[[], None] | None:

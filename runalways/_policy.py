@@ -65,7 +65,22 @@ held: "list[Backend]" = []
 class Options:
     """Settings after the environment and the caller's keywords are merged and checked."""
 
-    __slots__ = ("backend", "conflict_exit", "fork", "identity", "lock", "silent", "skip", "timeout")
+    __slots__ = (
+        "backend",
+        "conflict_exit",
+        "deadline",
+        "fork",
+        "identity",
+        "kill_grace",
+        "lock",
+        "log",
+        "on_stale",
+        "silent",
+        "skip",
+        "stale_after",
+        "stale_exit",
+        "timeout",
+    )
 
     def __init__(self, backend: "type[Backend]") -> None:
         self.backend = backend
@@ -79,6 +94,19 @@ class Options:
         self.fork = "inherit"
         #: The exit status when another copy holds the lock; None: the policy's own.
         self.conflict_exit: int | None = None
+        #: Seconds the job may run before it gets SIGTERM (RUNALWAYS_TIMEOUT); None: no deadline.
+        self.deadline: float | None = None
+        #: Seconds from SIGTERM to SIGKILL, at a deadline and for a stale holder. The
+        #: defaults here repeat _settings.KILL_GRACE and STALE_EXIT: a start without
+        #: settings does not import _settings.
+        self.kill_grace = 10.0
+        #: A holder older than this many seconds (or its last heartbeat) is stale; None: never.
+        self.stale_after: float | None = None
+        #: "report" a stale holder and exit stale_exit, or "kill" it and run.
+        self.on_stale = "report"
+        self.stale_exit = 4
+        #: "syslog" or a file that every start, skip, stale holder and deadline is recorded in.
+        self.log: str | None = None
 
 
 def options(
@@ -91,6 +119,9 @@ def options(
     identity: "str | None" = None,
     fork: "str | None" = None,
     conflict_exit: "int | None" = None,
+    deadline: "float | str | None" = None,
+    kill_grace: "float | str | None" = None,
+    stale_after: "float | str | None" = None,
     environment_wins: bool = True,
 ) -> "Options":
     """Merge the environment with the caller's keywords, checking both.
@@ -99,7 +130,7 @@ def options(
     SKIP/SILENT/RETRY_SYS_RUNALONE do in Perl, so an operator can change a deployed
     script's behaviour; on the command line the options typed win.
     """
-    given = (backend, silent, retry, wait, identity, fork, conflict_exit)
+    given = (backend, silent, retry, wait, identity, fork, conflict_exit, deadline, kill_grace, stale_after)
     if given == (None,) * len(given) and not any(key.startswith("RUNALWAYS_") for key in environ):
         # The common cron start: nothing to parse, so the parsers are not even imported.
         return Options(get(default_name()))
@@ -116,6 +147,9 @@ def options(
         fork = _settings.parse_choice(fork, "fork", _settings.FORK_POLICIES)
     if conflict_exit is not None:
         conflict_exit = _settings.parse_exit_code(str(conflict_exit), "conflict_exit")
+    code_deadline = None if deadline is None else _settings.parse_deadline(str(deadline), "timeout")
+    code_grace = None if kill_grace is None else _settings.parse_seconds(str(kill_grace), "kill_grace")
+    code_stale = None if stale_after is None else _settings.parse_deadline(str(stale_after), "stale_after")
     code_timeout = wait if retry is None else _timeout(_settings.parse_retry(retry, "retry"))
     env = _settings.FromEnvironment(environ)
 
@@ -136,6 +170,23 @@ def options(
     chosen.identity = (env.identity if from_environment(env.identity, identity) else identity) or "inode"
     chosen.fork = (env.fork if from_environment(env.fork, fork) else fork) or "inherit"
     chosen.conflict_exit = env.conflict_exit if from_environment(env.conflict_exit, conflict_exit) else conflict_exit
+    chosen.deadline = env.deadline if from_environment(env.deadline, code_deadline) else code_deadline
+    grace = env.kill_grace if from_environment(env.kill_grace, code_grace) else code_grace
+    chosen.kill_grace = _settings.KILL_GRACE if grace is None else grace
+    chosen.stale_after = env.stale_after if from_environment(env.stale_after, code_stale) else code_stale
+    if chosen.stale_after is None and (env.on_stale is not None or env.stale_exit is not None):
+        raise SettingError(
+            "RUNALWAYS_ON_STALE and RUNALWAYS_STALE_EXIT say what to do with a stale holder, "
+            "but no limit says when one is stale: set RUNALWAYS_STALE_AFTER (such as 2h) too"
+        )
+    chosen.on_stale = env.on_stale or "report"
+    if env.kill_grace is not None and chosen.deadline is None and chosen.on_stale != "kill":
+        raise SettingError(
+            "RUNALWAYS_KILL_GRACE is the time from SIGTERM to SIGKILL, but nothing here sends SIGTERM: "
+            "set RUNALWAYS_TIMEOUT, or RUNALWAYS_STALE_AFTER with RUNALWAYS_ON_STALE=kill, too"
+        )
+    chosen.stale_exit = _settings.STALE_EXIT if env.stale_exit is None else env.stale_exit
+    chosen.log = env.log
     return chosen
 
 
@@ -185,9 +236,10 @@ def skipped(chosen: "Options", display: str) -> bool:
 def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
     """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
     backend = chosen.backend(target)
-    taken = backend.take(chosen.timeout)
+    taken = backend.take(chosen.timeout) or _stale_taken_over(backend, chosen)
     earlier = earlier_copy(backend) if taken else None
     if not taken or earlier is not None:
+        record(chosen, "skip", backend)
         if policy == ALONE and not chosen.silent:
             # Say who holds it: "already running" alone leaves an operator guessing
             # whether a job hangs, or whether another user squats its lock.
@@ -202,6 +254,14 @@ def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
         _say(f"runalways: '{target.display}' runs without the lock: {backend.unlocked}")
     if not chosen.silent:
         _say(f"'{target.display}' has been started at {int(time.time())}")
+    record(chosen, "start", backend)
+    if chosen.stale_after is not None or chosen.timeout != 0:
+        # Taken after a wait or a kill, perhaps long after this process started: a
+        # heartbeat now, or a start checking for stale holders would count this holder's
+        # age from its process start and could take it for a hung one.
+        from runalways._heartbeat import beat
+
+        beat([backend], rate_limited=False)
     return backend
 
 
@@ -220,6 +280,37 @@ def earlier_copy(backend: "Backend") -> "Holder | None":
     return found[1]
 
 
+def _stale_taken_over(backend: "Backend", chosen: "Options") -> bool:
+    """RUNALWAYS_STALE_AFTER: report a holder held too long (exit), or kill it and take the lock (True)."""
+    if chosen.stale_after is None:
+        return False
+    from runalways._stale import take_over
+
+    return take_over(backend, chosen)
+
+
+def record(chosen: "Options", event: str, backend: "Backend", **fields: object) -> None:
+    """RUNALWAYS_LOG: one line about ``event`` in the job's record; nothing without the setting."""
+    if chosen.log is not None:
+        from runalways._eventlog import record as write
+
+        write(chosen.log, event, backend, fields)
+
+
+def arm_deadline(chosen: "Options") -> None:
+    """RUNALWAYS_TIMEOUT for a guarded script (``runalways run`` keeps its own, on the command's process group)."""
+    if chosen.deadline is None:
+        return
+    from runalways._fence import arm_deadline as arm
+
+    try:
+        arm(chosen.deadline, chosen.kill_grace)
+    except OSError as error:
+        from runalways.errors import SettingError
+
+        raise SettingError(f"RUNALWAYS_TIMEOUT cannot be kept here: {error}") from None
+
+
 def guard_import(policy: str, module: str, frame: "FrameType") -> None:
     """Run ``policy`` if the module whose frame this is was imported by the main script.
 
@@ -234,6 +325,7 @@ def guard_import(policy: str, module: str, frame: "FrameType") -> None:
         chosen = options(os.environ)
         if not skipped(chosen, sys.argv[0] if sys.argv else ""):
             enforce(policy, script_target(main_globals, chosen), chosen)
+            arm_deadline(chosen)
     except Exception as error:
         # runalways.errors is loaded only when something went wrong: every import of
         # a module costs each cron start, and this one is not needed when nothing fails.

@@ -36,14 +36,29 @@ CORE_VARIABLES = (
     "RUNALWAYS_IDENTITY",
     "RUNALWAYS_FORK",
     "RUNALWAYS_CONFLICT_EXIT",
+    "RUNALWAYS_TIMEOUT",
+    "RUNALWAYS_KILL_GRACE",
+    "RUNALWAYS_STALE_AFTER",
+    "RUNALWAYS_ON_STALE",
+    "RUNALWAYS_STALE_EXIT",
+    "RUNALWAYS_LOG",
     # Not a setting but an output: `runalways run` puts the fencing token of its lock in
     # the command's environment (runalways.api.token() reads it there), and a guarded
     # script that the command starts must not be refused for it.
     "RUNALWAYS_TOKEN",
+    # Also an output: where the command under `runalways run` marks progress (api.heartbeat()).
+    "RUNALWAYS_HEARTBEAT",
 )
 
 IDENTITIES = ("inode", "path")
 FORK_POLICIES = ("inherit", "close")
+ON_STALE = ("report", "kill")
+#: Seconds in each unit a duration may name: 90, 90s, 45m, 2h, 1.5d.
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: The exit status of a start that finds the lock held longer than RUNALWAYS_STALE_AFTER.
+STALE_EXIT = 4
+#: Seconds from SIGTERM to SIGKILL when a deadline passes or a stale holder is killed.
+KILL_GRACE = 10.0
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -59,16 +74,29 @@ def parse_bool(text: str, where: str) -> bool:
 
 
 def parse_seconds(text: str, where: str) -> float:
-    """A number of seconds: a non-negative finite number, fractions allowed."""
+    """A duration: seconds, or a number with the unit s, m, h or d; fractions allowed, never negative."""
     seconds = _seconds(text)
     if seconds is None:
-        raise _invalid(f"{where}={text!r} is not a number of seconds; use a number such as 10 or 0.5")
+        raise _invalid(
+            f"{where}={text!r} is not a number of seconds; use seconds or a number with s, m, h or d "
+            "(such as 10, 0.5, 45m, 2h or 1.5d)"
+        )
+    return seconds
+
+
+def parse_deadline(text: str, where: str) -> float:
+    """A duration that must be over 0: a deadline or a limit of 0 would fire at once."""
+    seconds = parse_seconds(text, where)
+    if seconds <= 0:
+        raise _invalid(f"{where}={text!r} must be longer than 0; use seconds or a number with s, m, h or d")
     return seconds
 
 
 def _seconds(text: str) -> "float | None":
+    text = text.strip().lower()
+    scale = _UNITS.get(text[-1:])
     try:
-        seconds = float(text)
+        seconds = float(text[:-1] if scale else text) * (scale or 1.0)
     except ValueError:
         return None
     return seconds if 0 <= seconds < float("inf") else None
@@ -119,7 +147,22 @@ def parse_skip(text: str, where: str) -> int:
 class FromEnvironment:
     """The settings given in the environment, parsed; an empty value counts as not set."""
 
-    __slots__ = ("backend", "conflict_exit", "fork", "identity", "lock", "retry", "silent", "skip")
+    __slots__ = (
+        "backend",
+        "conflict_exit",
+        "deadline",
+        "fork",
+        "identity",
+        "kill_grace",
+        "lock",
+        "log",
+        "on_stale",
+        "retry",
+        "silent",
+        "skip",
+        "stale_after",
+        "stale_exit",
+    )
 
     def __init__(self, environ: "Mapping[str, str]") -> None:
         def given(variable: str) -> "str | None":
@@ -139,6 +182,18 @@ class FromEnvironment:
         self.fork = None if fork is None else parse_choice(fork, "RUNALWAYS_FORK", FORK_POLICIES)
         conflict = given("RUNALWAYS_CONFLICT_EXIT")
         self.conflict_exit = None if conflict is None else parse_exit_code(conflict, "RUNALWAYS_CONFLICT_EXIT")
+        deadline = given("RUNALWAYS_TIMEOUT")
+        self.deadline = None if deadline is None else parse_deadline(deadline, "RUNALWAYS_TIMEOUT")
+        grace = given("RUNALWAYS_KILL_GRACE")
+        self.kill_grace = None if grace is None else parse_seconds(grace, "RUNALWAYS_KILL_GRACE")
+        stale_after = given("RUNALWAYS_STALE_AFTER")
+        self.stale_after = None if stale_after is None else parse_deadline(stale_after, "RUNALWAYS_STALE_AFTER")
+        on_stale = given("RUNALWAYS_ON_STALE")
+        self.on_stale = None if on_stale is None else parse_choice(on_stale, "RUNALWAYS_ON_STALE", ON_STALE)
+        stale_exit = given("RUNALWAYS_STALE_EXIT")
+        self.stale_exit = None if stale_exit is None else parse_exit_code(stale_exit, "RUNALWAYS_STALE_EXIT")
+        #: "syslog", or the path of a file every start, skip, stale report, kill and deadline is appended to.
+        self.log = given("RUNALWAYS_LOG")
 
 
 def check_unknown(environ: "Mapping[str, str]", known: tuple[str, ...]) -> None:

@@ -45,7 +45,18 @@ if TYPE_CHECKING:
 
     from runalways._settings import RetryValue
 
-__all__ = ["AlreadyRunning", "Backend", "Holder", "RunAlwaysError", "guard", "handover", "lock", "target", "token"]
+__all__ = [
+    "AlreadyRunning",
+    "Backend",
+    "Holder",
+    "RunAlwaysError",
+    "guard",
+    "handover",
+    "heartbeat",
+    "lock",
+    "target",
+    "token",
+]
 
 
 def target(path: str | None = None, name: str | None = None, chosen: _policy.Options | None = None) -> Target:
@@ -83,6 +94,8 @@ def guard(
     identity: str | None = None,
     fork: str | None = None,
     conflict_exit: int | None = None,
+    timeout: float | str | None = None,
+    stale_after: float | str | None = None,
 ) -> Backend | None:
     """Apply ``policy`` ("always" or "alone") now; return the backend holding the lock.
 
@@ -90,7 +103,10 @@ def guard(
     running (<holder>)`` and exit 1 ("alone"), or exit ``conflict_exit``. Returns None
     when RUNALWAYS_SKIP says to skip. Calling it again for a lock this process holds
     returns the same backend. ``identity`` ("inode" or "path") and ``fork`` ("inherit"
-    or "close") are RUNALWAYS_IDENTITY and RUNALWAYS_FORK.
+    or "close") are RUNALWAYS_IDENTITY and RUNALWAYS_FORK. ``timeout`` (RUNALWAYS_TIMEOUT,
+    a duration such as 90, "45m" or "2h") ends this process with SIGTERM at that deadline,
+    and SIGKILL RUNALWAYS_KILL_GRACE seconds later; ``stale_after``
+    (RUNALWAYS_STALE_AFTER) reports a holder older than that instead of exiting silently.
     """
     if policy not in (_policy.ALWAYS, _policy.ALONE):
         raise SettingError(f"policy={policy!r} is not a policy; use 'always' or 'alone'")
@@ -103,6 +119,8 @@ def guard(
         identity=identity,
         fork=fork,
         conflict_exit=conflict_exit,
+        deadline=timeout,
+        stale_after=stale_after,
     )
     wanted = target(path, name, chosen)
     for holding in _policy.held:
@@ -110,7 +128,9 @@ def guard(
             return holding
     if _policy.skipped(chosen, wanted.display):
         return None
-    return _policy.enforce(policy, wanted, chosen)
+    taken = _policy.enforce(policy, wanted, chosen)
+    _policy.arm_deadline(chosen)
+    return taken
 
 
 def _same_target(one: Target, other: Target) -> bool:
@@ -173,3 +193,17 @@ def token() -> int | None:
             return holding.token
     inherited = os.environ.get("RUNALWAYS_TOKEN", "").strip()
     return int(inherited) if inherited.isdigit() else None
+
+
+def heartbeat() -> None:
+    """Mark progress: a start with RUNALWAYS_STALE_AFTER counts the holder's age from now.
+
+    For a slow but healthy job (a long backup) that must not be reported as hung: call it
+    in the job's loop. It is cheap (at most one file-time update a second, nothing
+    otherwise), needs no write access to the script, and works for a script guarded by
+    ``import runalways``, by :func:`guard` and for a command under ``runalways run``. A
+    process that holds no lock does nothing.
+    """
+    from runalways._heartbeat import beat
+
+    beat(_policy.held)

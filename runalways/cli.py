@@ -1,16 +1,20 @@
 """The ``runalways`` command: guard any command, show who holds a lock, list backends.
 
     runalways run [--alone] [--wait S | --retry N[,S]] [--silent] [--backend NAME]
+                  [--timeout DURATION [--kill-after DURATION]] [--stale-after DURATION]
                   [--lock PATH | --name NAME] -- COMMAND [ARGS...]
-    runalways status [--backend NAME] (SCRIPT | --lock PATH | --name NAME)
+    runalways status [--json] [--stale-after DURATION] [--backend NAME] (SCRIPT | --lock PATH | --name NAME)
+    runalways list [--json] [--stale-after DURATION]
     runalways backends [--json]
     runalways completion (bash | zsh)
     runalways --version
 
 The exit statuses of each command are in :data:`EXIT_STATUSES`, which its ``--help``
 prints and spec/SPEC.md's table of R11 repeats: ``run`` exits with the command's status
-(126 when it cannot run, 127 when it is not found, as shells do), ``status`` 0 or 3 (as
-``systemctl is-active``); every error of runalways itself prints one line and exits 2.
+(124 when its deadline passed, 126 when it cannot run, 127 when it is not found, as
+timeout(1) and shells do), and 4 when a stale copy holds the lock; ``status`` 0, 3 (as
+``systemctl is-active``) or 4 (stale); every error of runalways itself prints one line
+and exits 2.
 """
 
 from __future__ import annotations
@@ -23,15 +27,20 @@ import sys
 
 from runalways import __version__, _policy
 from runalways._lockdir import earlier_holder, lock_file_target
-from runalways._settings import parse_exit_code, parse_retry, parse_seconds
-from runalways.backends.base import Backend, FileLockBackend, Target
+from runalways._settings import parse_deadline, parse_exit_code, parse_retry, parse_seconds
+from runalways.backends.base import Backend, FileLockBackend, Holder, Target
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn, Sequence
+    import subprocess
+    from typing import Callable, NoReturn, Sequence
 
 NOT_RUNNING = 3
+#: The exit status of status and of a start that find the holder stale (RUNALWAYS_STALE_EXIT for a start).
+STALE = 4
+#: The exit status of a command stopped at its deadline, as timeout(1)'s.
+TIMED_OUT = 124
 #: As POSIX shells, env(1), timeout(1) and flock(1): the command was found but cannot run,
 #: or was not found at all. runalways's own errors keep status 2.
 CANNOT_RUN = 126
@@ -47,6 +56,8 @@ EXIT_STATUSES = {
     "run": [
         ("N", "the command's own status; 128+N when signal N killed it"),
         ("0", "another copy holds the lock (1 with --alone, N with --conflict-exit-code N)"),
+        ("4", "another copy holds the lock and is stale (--stale-after; RUNALWAYS_STALE_EXIT)"),
+        ("124", "the deadline passed (--timeout): the command was stopped"),
         _USAGE_ERROR,
         (str(CANNOT_RUN), "COMMAND was found but cannot run: no execute permission, not a program, a directory"),
         (str(NOT_FOUND), "COMMAND was not found"),
@@ -54,6 +65,7 @@ EXIT_STATUSES = {
     "status": [
         ("0", "a copy holds the lock"),
         (str(NOT_RUNNING), "no copy holds it"),
+        ("4", "the copy holding the lock is stale (--stale-after)"),
         _USAGE_ERROR,
         _READER_GONE,
     ],
@@ -77,6 +89,16 @@ def _seconds(text: str) -> float:
         return parse_seconds(text, "--wait")
     except SettingError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _duration(option: str, positive: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            return (parse_deadline if positive else parse_seconds)(text, option)
+        except SettingError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 def _exit_code(text: str) -> int:
@@ -131,6 +153,19 @@ def _parser() -> _Parser:
         metavar="N",
         help="exit N when another copy holds the lock (default 0, or 1 with --alone), as flock -E",
     )
+    run.add_argument(
+        "--timeout",
+        type=_duration("--timeout"),
+        metavar="DURATION",
+        help="SIGTERM to the command's process group after DURATION (90, 45m, 2h, 1.5d); exit 124",
+    )
+    run.add_argument(
+        "--kill-after",
+        type=_duration("--kill-after", positive=False),
+        metavar="DURATION",
+        help="SIGKILL this long after the deadline's SIGTERM (default RUNALWAYS_KILL_GRACE, else 10 s)",
+    )
+    _add_stale_after(run)
     _add_backend_and_target(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
@@ -142,6 +177,8 @@ def _parser() -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_argument("script", nargs="?", metavar="SCRIPT", help="the guarded script")
+    status.add_argument("--json", action="store_true", help="one JSON object, for monitoring")
+    _add_stale_after(status)
     _add_backend_and_target(status)
 
     listing = commands.add_parser(
@@ -154,6 +191,7 @@ def _parser() -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listing.add_argument("--json", action="store_true", help="one JSON object a line, for scripts")
+    _add_stale_after(listing)
 
     backends = commands.add_parser(
         "backends",
@@ -175,6 +213,15 @@ def _parser() -> _Parser:
     )
     completion.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     return parser
+
+
+def _add_stale_after(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--stale-after",
+        type=_duration("--stale-after"),
+        metavar="DURATION",
+        help="a holder older than this (or its last heartbeat) is stale: reported, exit 4",
+    )
 
 
 def _add_backend_and_target(command: argparse.ArgumentParser) -> None:
@@ -220,8 +267,13 @@ def _run(arguments: argparse.Namespace) -> int:
         retry=arguments.retry,
         wait=arguments.wait,
         conflict_exit=arguments.conflict_exit_code,
+        deadline=arguments.timeout,
+        kill_grace=arguments.kill_after,
+        stale_after=arguments.stale_after,
         environment_wins=False,
     )
+    if arguments.kill_after is not None and chosen.deadline is None and chosen.on_stale != "kill":
+        raise SettingError("--kill-after is the grace after a deadline's SIGTERM: give --timeout too")
     display = shlex.join(command)
     if arguments.lock or arguments.name:
         target = _target(arguments, chosen)
@@ -233,8 +285,9 @@ def _run(arguments: argparse.Namespace) -> int:
         target = Target(None, display=display, name=identity)
     policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
     holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen)
-    status = _supervise([executable, *command[1:]], command[0], holding)
+    status = _supervise([executable, *command[1:]], command[0], holding, chosen)
     if holding is not None:
+        _policy.record(chosen, "exit", holding, status=status)
         holding.release()  # removes a lock file runalways named itself: none is left per argument
     return status
 
@@ -261,14 +314,18 @@ def _program(name: str) -> str:
     return path
 
 
-def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> int:
+def _supervise(
+    argv: list[str], shown: str, holding: Backend | None = None, chosen: _policy.Options | None = None
+) -> int:
     """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status.
 
     The backend ``holding`` the lock may add to the command's environment (a fencing
     token). The command dies with us: if runalways is killed (SIGKILL, an OOM kill, a
     fence), the lock is gone, and a command running on without it would run beside the
     next copy (flock(1) avoids that by letting the command inherit the lock, which lets
-    a daemon it leaves behind keep every later run out).
+    a daemon it leaves behind keep every later run out). With a deadline (``--timeout``)
+    the command runs in a process group of its own, which gets SIGTERM at the deadline
+    and SIGKILL after the grace: what the command started dies with it.
     """
     import signal
     import subprocess
@@ -287,6 +344,7 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     for forwarded_signal in forwarded:
         signal.signal(forwarded_signal, forward)
+    deadline = chosen.deadline if chosen is not None else None
     try:
         # The lock descriptor is close-on-exec: the command never holds the lock itself,
         # so a daemon it leaves behind cannot keep the next run out.
@@ -294,8 +352,8 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
             subprocess.Popen(
                 [shown, *argv[1:]],
                 executable=argv[0],
-                env={**os.environ, **holding.child_environment()} if holding is not None else None,
-                preexec_fn=die_with_parent() if holding is not None else None,
+                env=_command_environment(holding),
+                preexec_fn=_in_child(die_with_parent() if holding is not None else None, deadline is not None),
             )
         )
     except OSError as error:
@@ -308,8 +366,81 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None = None) -> i
         _policy.fail(f"cannot run {shown!r}: found, but not a program ({error.strerror})", CANNOT_RUN)
     for signum in pending:
         child[0].send_signal(signum)
-    status = child[0].wait()
+    if deadline is not None and chosen is not None:
+        try:
+            status = child[0].wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            _stop_at_deadline(child[0], shown, chosen, holding)
+            return TIMED_OUT
+    else:
+        status = child[0].wait()
     return status if status >= 0 else 128 - status
+
+
+def _command_environment(holding: Backend | None) -> dict[str, str] | None:
+    """The command's environment: the backend's additions, and which lock its heartbeats are for.
+
+    RUNALWAYS_HEARTBEAT is ``<pid of the holder> <lock key>``: runalways.api.heartbeat()
+    in the command marks progress for this process's lock, and nothing is computed here
+    for a command that never beats.
+    """
+    if holding is None:
+        return None
+    return {**os.environ, **holding.child_environment(), "RUNALWAYS_HEARTBEAT": f"{os.getpid()} {holding.lock_key()}"}
+
+
+def _in_child(die: Callable[[], None] | None, own_group: bool) -> Callable[[], None] | None:
+    """The command's ``preexec_fn``: die with runalways, and with a deadline, lead a process group."""
+    if not own_group:
+        return die
+
+    def prepare() -> None:
+        os.setpgid(0, 0)
+        if die is not None:
+            die()
+
+    return prepare
+
+
+def _stop_at_deadline(
+    child: subprocess.Popen[bytes], shown: str, chosen: _policy.Options, holding: Backend | None
+) -> None:
+    """SIGTERM to the command's process group, SIGKILL to what is left of it after the grace."""
+    import signal
+    import time
+
+    assert chosen.deadline is not None
+    from runalways._stale import duration
+
+    shown = holding.target.display if holding is not None else shown
+    _policy._say(
+        f"runalways: '{shown}' ran past its deadline of {duration(chosen.deadline)}: "
+        f"SIGTERM to its process group, SIGKILL {duration(chosen.kill_grace)} later; exit {TIMED_OUT}"
+    )
+    if holding is not None:
+        _policy.record(chosen, "deadline", holding, command_pid=child.pid, status=TIMED_OUT)
+    group = child.pid  # the command leads its own group
+    _signal_group(group, signal.SIGTERM)
+    ends = time.monotonic() + chosen.kill_grace
+    # Until the grace ends or the whole group is gone: the command may exit at once and
+    # leave a child of its own that ignores SIGTERM.
+    pause = 0.005
+    while time.monotonic() < ends:
+        if child.poll() is not None and not _signal_group(group, 0):
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+    _signal_group(group, signal.SIGKILL)
+    child.wait()
+
+
+def _signal_group(group: int, signum: int) -> bool:
+    """Send ``signum`` to the process group; False when no process is left in it."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _target(arguments: argparse.Namespace, chosen: _policy.Options) -> Target:
@@ -329,10 +460,14 @@ def _status(arguments: argparse.Namespace) -> int:
     given = [bool(arguments.script), bool(arguments.lock), bool(arguments.name)]
     if sum(given) != 1:
         raise SettingError("give one of SCRIPT, --lock PATH or --name NAME")
-    chosen = _policy.options(os.environ, backend=arguments.backend, environment_wins=False)
+    chosen = _policy.options(
+        os.environ, backend=arguments.backend, stale_after=arguments.stale_after, environment_wins=False
+    )
     target = _target(arguments, chosen)
     asked = chosen.backend(target)
     holder = asked.holder()
+    if arguments.json:
+        return _status_json(asked, holder, chosen)
     backend = chosen.backend.name
     lock_file = asked.lock_file()
     # Say where it looked, unless that is the script itself: a lock file's place is what
@@ -358,7 +493,58 @@ def _status(arguments: argparse.Namespace) -> int:
     if holder.command:
         print(f"  command: {holder.command}")
     _holders_of_removed_files(target, asked)
+    if holder.excludes and chosen.stale_after is not None:
+        from runalways._stale import age, duration
+
+        held_for, _ = age(asked, holder)
+        if held_for is not None and held_for > chosen.stale_after:
+            print(f"  stale: held for {duration(held_for)}, longer than the limit of {duration(chosen.stale_after)}")
+            return STALE
     return 0
+
+
+def _status_json(asked: Backend, holder: Holder | None, chosen: _policy.Options) -> int:
+    """One JSON object for monitoring: who holds the lock, since when, and whether it is stale."""
+    import json
+
+    facts = _facts(asked, holder, chosen.stale_after)
+    facts["log"] = chosen.log
+    if chosen.log is not None and chosen.log != "syslog":
+        from runalways._eventlog import summary
+
+        facts.update(summary(chosen.log, asked.lock_key()))
+    print(json.dumps(facts))
+    if facts["stale"]:
+        return STALE
+    return 0 if facts["held"] else NOT_RUNNING
+
+
+def _facts(asked: Backend, holder: Holder | None, stale_after: float | None) -> dict[str, object]:
+    """What ``status --json`` and ``list --json`` say of one lock and its holder."""
+    from runalways._stale import age
+
+    held = holder is not None and holder.excludes
+    held_for, beat = age(asked, holder) if holder is not None and held else (None, None)
+    # A lock that only this machine's processes can hold has its holder here.
+    host = holder.host if holder is not None and holder.host else None
+    if held and host is None and not asked.capabilities.across_hosts:
+        host = os.uname().nodename
+    known = holder if held else None
+    return {
+        "target": asked.target.display,
+        "backend": asked.name,
+        "held": held,
+        "pid": None if known is None else known.pid,
+        "user": None if known is None else known.user,
+        "host": host,
+        "command": None if known is None else known.command,
+        "started": None if known is None else known.since,
+        "age_seconds": None if held_for is None else round(held_for, 3),
+        "last_heartbeat": beat,
+        "stale": held_for is not None and stale_after is not None and held_for > stale_after,
+        "stale_after": stale_after,
+        "lock_file": None if asked.lock_file() is None else os.path.abspath(str(asked.lock_file())),
+    }
 
 
 def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
@@ -387,47 +573,36 @@ def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
 
 def _list(arguments: argparse.Namespace) -> int:
     """Every lock held here, oldest first: a table for people, or JSON lines."""
-    import time
-
     from runalways._inventory import held
 
-    now = time.time()
     entries = []
     for backend, holder in held():
-        started = holder.since
-        entries.append(
-            {
-                "target": backend.target.display,
-                "backend": backend.name,
-                "held": True,
-                "pid": holder.pid,
-                "user": holder.user,
-                "host": holder.host or os.uname().nodename,
-                "command": holder.command,
-                "started": started,
-                "age_seconds": None if started is None else round(max(now - started, 0.0), 3),
-                "lock_file": backend.lock_file(),
-                "note": holder.note,
-            }
-        )
-    entries.sort(key=lambda entry: -(entry["age_seconds"] or 0.0))  # type: ignore[operator]
+        facts = _facts(backend, holder, arguments.stale_after)
+        facts["note"] = holder.note
+        entries.append(facts)
+    entries.sort(key=lambda facts: -float(facts["age_seconds"] or 0.0))  # type: ignore[arg-type]
     if arguments.json:
         import json
 
-        for entry in entries:
-            print(json.dumps(entry))
+        for facts in entries:
+            print(json.dumps(facts))
         return 0
+    from runalways._stale import duration
+
     rows = [("AGE", "PID", "USER", "BACKEND", "JOB", "COMMAND")]
-    for entry in entries:
-        age = entry["age_seconds"]
+    for facts in entries:
+        age = facts["age_seconds"]
+        notes = [str(facts["note"])] if facts["note"] else []
+        if facts["stale"]:
+            notes.append("stale")
         rows.append(
             (
-                "?" if age is None else f"{age:.0f}s",
-                str(entry["pid"]),
-                str(entry["user"]),
-                str(entry["backend"]),
-                str(entry["target"]) + (f" ({entry['note']})" if entry["note"] else ""),
-                str(entry["command"] or ""),
+                "?" if age is None else duration(float(age)),  # type: ignore[arg-type]
+                str(facts["pid"]),
+                str(facts["user"]),
+                str(facts["backend"]),
+                str(facts["target"]) + (f" ({'; '.join(notes)})" if notes else ""),
+                str(facts["command"] or ""),
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(5)]

@@ -57,3 +57,23 @@ def test_an_unknown_backend_keyword_names_the_keyword() -> None:
 def test_an_unknown_backend_variable_names_the_variable() -> None:
     with pytest.raises(SettingError, match=r"^RUNALWAYS_BACKEND='nope' is not a known backend"):
         _policy.options({"RUNALWAYS_BACKEND": "nope"})
+
+
+def test_hang_settings_default_to_none_and_the_documented_values() -> None:
+    chosen = _policy.options({"RUNALWAYS_SILENT": "1"})
+    assert (chosen.deadline, chosen.stale_after, chosen.on_stale, chosen.log) == (None, None, "report", None)
+    assert (chosen.kill_grace, chosen.stale_exit) == (10.0, 4)
+    assert (_policy.Options(FlockBackend).kill_grace, _policy.Options(FlockBackend).stale_exit) == (10.0, 4)
+
+
+def test_hang_settings_from_the_environment_win_over_the_code() -> None:
+    env = {"RUNALWAYS_TIMEOUT": "2h", "RUNALWAYS_STALE_AFTER": "45m", "RUNALWAYS_KILL_GRACE": "1m"}
+    chosen = _policy.options(env, deadline="5", stale_after=60, kill_grace=3)
+    assert (chosen.deadline, chosen.stale_after, chosen.kill_grace) == (7200.0, 2700.0, 60.0)
+    typed = _policy.options(env, deadline="5", stale_after=60, kill_grace=3, environment_wins=False)
+    assert (typed.deadline, typed.stale_after, typed.kill_grace) == (5.0, 60.0, 3.0)
+
+
+def test_a_deadline_keyword_of_0_is_refused() -> None:
+    with pytest.raises(SettingError, match=r"^timeout='0' must be longer than 0"):
+        _policy.options({}, deadline=0)

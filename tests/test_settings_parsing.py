@@ -60,7 +60,21 @@ def test_seconds(text: str, seconds: float) -> None:
     assert _settings.parse_seconds(text, "--wait") == seconds
 
 
-@pytest.mark.parametrize("text", ["-1", "soon", "inf", "nan", ""])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("45m", 2700.0), ("2h", 7200.0), ("1.5d", 129600.0)]
+)
+def test_durations_take_units(text: str, seconds: float) -> None:
+    assert _settings.parse_seconds(text, "RUNALWAYS_TIMEOUT") == seconds
+    assert _settings.parse_deadline(text, "RUNALWAYS_TIMEOUT") == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0m"])
+def test_a_deadline_of_0_is_refused(text: str) -> None:
+    with pytest.raises(SettingError, match="must be longer than 0"):
+        _settings.parse_deadline(text, "RUNALWAYS_TIMEOUT")
+
+
+@pytest.mark.parametrize("text", ["-1", "soon", "inf", "nan", "", "s", "5x", "-1m", "infh"])
 def test_bad_seconds(text: str) -> None:
     with pytest.raises(SettingError, match="is not a number of seconds"):
         _settings.parse_seconds(text, "--wait")

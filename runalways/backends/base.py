@@ -239,6 +239,17 @@ class Backend:
         """The file that holds the lock, for backends that lock one (status shows it)."""
         return None
 
+    def lock_key(self) -> str:
+        """What names this lock to every process that takes it (in heartbeats and the job's log).
+
+        The name for a backend that locks a name, else the resolved path of the locked file.
+        It goes into an environment variable: the NUL bytes that separate the words of a
+        ``runalways run`` command's name become spaces.
+        """
+        if self.capabilities.identity == "name":
+            return "name:" + self.target.name.replace("\0", " ")
+        return os.path.realpath(self.lock_file() or self.target.file())
+
     def child_environment(self) -> dict[str, str]:
         """Variables ``runalways run`` adds to the environment of the command it runs holding this lock."""
         return {}

@@ -316,6 +316,9 @@ BAD_COMMAND_LINES = [
     ["status", "no-such-file.py"],
     ["frobnicate"],
     ["run", "--backend", "no-such-backend", "--", "true"],
+    ["run", "--timeout", "soon", "--", "true"],
+    ["run", "--kill-after", "5", "--", "true"],
+    ["status", "--stale-after", "0", "--name", "job"],
 ]
 
 

@@ -1,0 +1,136 @@
+"""RUNALWAYS_LOG: a record of every start, skip, stale holder, kill and deadline.
+
+The always policy is silent in cron mail by design, so a skip leaves no trace; with
+RUNALWAYS_LOG each one writes a logfmt line (``event=skip target=... holder_pid=...``)
+to syslog (the journal on systemd hosts) or appends it to a file: one ``write`` of one
+line on a descriptor opened with O_APPEND, so lines of concurrent starts never mix.
+Never on stdout, never a changed exit status: a record that cannot be written is one
+warning line on stderr, and the job goes on.
+
+``runalways status --json`` reads a file record back (:func:`summary`).
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import sys
+import time
+
+from runalways.backends.base import Backend
+
+SYSLOG = "syslog"
+
+
+def line(event: str, backend: Backend, fields: dict[str, object]) -> str:
+    """``time=2026-11-29T10:00:00Z event=skip target=job.py lock=/srv/job.py pid=42 holder_pid=7``."""
+    values: dict[str, object] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "event": event,
+        "target": backend.target.display,
+        "lock": backend.lock_key(),
+        "backend": backend.name,
+        "pid": os.getpid(),
+        **fields,
+    }
+    return " ".join(f"{key}={_quoted(value)}" for key, value in values.items() if value is not None)
+
+
+def _holder_fields(backend: Backend) -> dict[str, object]:
+    """Who kept this start out, and for how long it has held the lock (or since its last heartbeat)."""
+    from runalways._stale import age
+
+    holder = backend.holder()
+    if holder is None:
+        return {}
+    held_for, _ = age(backend, holder)
+    return {"holder_pid": holder.pid, "holder_age": None if held_for is None else round(held_for, 1)}
+
+
+def _quoted(value: object) -> str:
+    text = str(value)
+    if text and not any(character in text for character in ' "=\\\n\t'):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def record(destination: str, event: str, backend: Backend, fields: dict[str, object]) -> None:
+    try:
+        if event == "skip" and "holder_pid" not in fields:
+            fields = {**_holder_fields(backend), **fields}
+        text = line(event, backend, fields)
+        if destination == SYSLOG:
+            import syslog
+
+            syslog.openlog("runalways", syslog.LOG_PID, syslog.LOG_USER)
+            priority = syslog.LOG_INFO if event in ("start", "skip", "exit") else syslog.LOG_WARNING
+            syslog.syslog(priority, text)
+            return
+        descriptor = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(descriptor, (text + "\n").encode("utf-8", "surrogateescape"))
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        sys.stderr.write(f"runalways: cannot write to RUNALWAYS_LOG={destination!r}: {error.strerror or error}\n")
+        sys.stderr.flush()
+
+
+def parse(text: str) -> dict[str, str]:
+    """The fields of one logfmt line, unquoted."""
+    fields: dict[str, str] = {}
+    at = 0
+    while at < len(text):
+        while at < len(text) and text[at] == " ":
+            at += 1
+        equals = text.find("=", at)
+        if equals < 0:
+            break
+        key = text[at:equals]
+        at = equals + 1
+        if text[at : at + 1] == '"':
+            value = []
+            at += 1
+            while at < len(text) and text[at] != '"':
+                if text[at] == "\\" and at + 1 < len(text):
+                    at += 1
+                    value.append({"n": "\n", "t": "\t"}.get(text[at], text[at]))
+                else:
+                    value.append(text[at])
+                at += 1
+            at += 1
+            fields[key] = "".join(value)
+        else:
+            end = text.find(" ", at)
+            end = len(text) if end < 0 else end
+            fields[key] = text[at:end]
+            at = end
+    return fields
+
+
+def summary(path: str, lock: str) -> dict[str, object]:
+    """From the record at ``path``, for ``lock``: the last start, the skips since it, the last exit status."""
+    last_start: str | None = None
+    skips = 0
+    last_exit: int | None = None
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as record_file:
+            for text in record_file:
+                fields = parse(text.rstrip("\n"))
+                if fields.get("lock") != lock:
+                    continue
+                event = fields.get("event")
+                if event == "start":
+                    last_start, skips = fields.get("time"), 0
+                elif event == "skip":
+                    skips += 1
+                elif event == "exit" and fields.get("status", "").isdigit():
+                    last_exit = int(fields["status"])
+    except OSError:
+        return {}
+    try:
+        started = None if last_start is None else calendar.timegm(time.strptime(last_start, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        started = None
+    return {"last_start": started, "skips_since_start": skips, "last_exit_status": last_exit}

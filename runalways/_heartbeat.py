@@ -1,0 +1,111 @@
+"""Heartbeats: a holder marks progress where other starts can read it without the lock.
+
+One small file per lock in the private lock directory, named after the lock's key
+(``<name>-<hash>.beat``): its content is the pid of the holder that beats, its
+modification time the last beat. A start that finds the lock held counts the holder's
+age from its last beat when the file names that holder and is newer than its start, so
+a file left by an earlier holder never makes a new one look fresh. The script itself is
+never written (it may be read-only), and the lock is never touched. The directory is
+the user's own: a holder of another user, or on another host, is aged by its start.
+
+Loaded only by ``api.heartbeat()`` and by a start that checks for a stale holder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from runalways.backends.base import Backend, Holder
+
+#: At most one update a second: a heartbeat is meant to be called in a loop.
+INTERVAL = 1.0
+
+_next_beat = 0.0
+#: Heartbeat file -> the pid written in it (later beats only update its time).
+_written: dict[str, int] = {}
+_files: dict[int, str] = {}
+_warned = False
+
+
+def file_for(backend: Backend) -> str:
+    return _file_for_key(backend.lock_key())
+
+
+def _file_for_key(key: str) -> str:
+    from runalways._lockdir import lock_file_for
+
+    return lock_file_for("heartbeat:" + key, os.path.basename(key), suffix=".beat")
+
+
+def beat(held: list[Backend], *, rate_limited: bool = True) -> None:
+    """Mark progress for every lock this process holds, or for the lock of the ``runalways run`` around it."""
+    global _next_beat
+    now = time.monotonic()
+    if rate_limited and now < _next_beat:
+        return
+    _next_beat = now + INTERVAL
+    try:
+        for holding in held:
+            if id(holding) not in _files:
+                _files[id(holding)] = file_for(holding)
+            _touch(_files[id(holding)], os.getpid())
+        inherited = os.environ.get("RUNALWAYS_HEARTBEAT", "")
+        if not held and inherited:
+            pid, _, key = inherited.partition(" ")
+            if pid.isdigit() and key:
+                if -1 not in _files:
+                    _files[-1] = _file_for_key(key)
+                _touch(_files[-1], int(pid))
+    except Exception as error:  # a heartbeat that cannot be written never fails the job
+        from runalways.errors import RunAlwaysError
+
+        if not isinstance(error, (OSError, RunAlwaysError)):
+            raise
+        _warn(str(error))
+
+
+def _touch(path: str, pid: int) -> None:
+    if _written.get(path) == pid:
+        try:
+            os.utime(path)
+            return
+        except FileNotFoundError:
+            pass
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(descriptor, f"{pid}\n".encode())
+    finally:
+        os.close(descriptor)
+    _written[path] = pid
+
+
+def _warn(why: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        sys.stderr.write(f"runalways: cannot record a heartbeat: {why}\n")
+        sys.stderr.flush()
+
+
+def last_beat(backend: Backend, holder: Holder) -> float | None:
+    """Epoch seconds of ``holder``'s last heartbeat, or None when it has not beaten (or we cannot see it)."""
+    if holder.pid is None or holder.host not in (None, os.uname().nodename):
+        return None
+    try:
+        path = file_for(backend)
+        status = os.stat(path)
+        with open(path) as content:
+            pid = content.read().strip()
+    except (OSError, ValueError):
+        return None
+    except Exception as error:
+        from runalways.errors import RunAlwaysError
+
+        if isinstance(error, RunAlwaysError):
+            return None
+        raise
+    if pid != str(holder.pid) or (holder.since is not None and status.st_mtime < holder.since - 1):
+        return None
+    return status.st_mtime

@@ -1,0 +1,180 @@
+"""Stale holders: a lock held for longer than RUNALWAYS_STALE_AFTER is an alarm, never silence.
+
+The always policy's weakness is a holder that hangs: every later start exits 0, for
+ever. With a limit, a start that finds the lock held longer (counted from the holder's
+start, or its last heartbeat) says so on one line and exits 4 (RUNALWAYS_STALE_EXIT),
+at every start until someone acts. Age alone never frees a lock whose holder lives
+(sidekiq-unique-jobs and filelock freed locks of slow, healthy holders, and two copies
+ran): with RUNALWAYS_ON_STALE=kill the start signals the holder's process group, waits
+until the holder is dead and the lock itself is free, and only then takes it. It never
+deletes anything, and it never kills a holder of another user or on another host.
+
+Loaded only when a start with RUNALWAYS_STALE_AFTER finds the lock held.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from runalways._policy import Options, record
+from runalways.backends.base import Backend, Holder
+
+#: Seconds a killed holder gets after SIGKILL to be gone (a process stuck in the kernel
+#: on a dead mount may never go: then it is reported, not waited for).
+_DEATH_TIMEOUT = 10.0
+
+
+def age(backend: Backend, holder: Holder) -> tuple[float | None, float | None]:
+    """``(seconds since the holder's start or last heartbeat, the last heartbeat)``; None where unknown."""
+    from runalways._heartbeat import last_beat
+
+    beat = last_beat(backend, holder)
+    known = [value for value in (holder.since, beat) if value is not None]
+    if not known:
+        return None, beat
+    return max(time.time() - max(known), 0.0), beat
+
+
+def duration(seconds: float) -> str:
+    """``3d4h``, ``2h5m``, ``12m3s``, ``45s``: an age at a glance."""
+    whole = int(seconds)
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if whole >= size:
+            rest = (whole % size) // smaller_size
+            return f"{whole // size}{unit}{rest}{smaller}" if rest else f"{whole // size}{unit}"
+    return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
+
+
+def take_over(backend: Backend, chosen: Options) -> bool:
+    """The lock is held: go on as usual (False) unless its holder is stale.
+
+    A stale holder is reported (one line on stderr, even when silent, and exit
+    ``chosen.stale_exit``) or, with RUNALWAYS_ON_STALE=kill and a holder this process
+    may kill, killed; True once its lock is ours. False when another start killed it
+    first and its new copy holds the lock: the usual policy applies to that one.
+    """
+    assert chosen.stale_after is not None
+    holder = backend.holder()
+    if holder is None or not holder.excludes:
+        return False
+    held_for, beat = age(backend, holder)
+    if held_for is None or held_for <= chosen.stale_after:
+        return False
+    display = backend.target.display
+    about = (
+        f"'{display}' is held by {holder.describe()} for {duration(held_for)}"
+        + ("" if beat is None else " since its last heartbeat")
+        + f", longer than the limit of {duration(chosen.stale_after)}"
+    )
+    details = {"holder_pid": holder.pid, "holder_age": round(held_for, 1)}
+    refusal = _cannot_kill(holder) if chosen.on_stale == "kill" else "reported"
+    if refusal is None:
+        outcome = _kill(backend, holder, chosen.kill_grace)
+        if outcome is True:
+            record(chosen, "kill", backend, **details)
+            _say(f"runalways: {about}: killed it and started anew")
+            return True
+        if outcome is False:
+            return False
+        refusal = outcome
+    record(chosen, "stale", backend, **details)
+    hint = "" if refusal == "reported" else f" ({refusal})"
+    _say(f"runalways: {about}: is it hung?{hint}")
+    raise SystemExit(chosen.stale_exit)
+
+
+def _cannot_kill(holder: Holder) -> str | None:
+    """Why this process must not kill ``holder``, or None when it may."""
+    if holder.pid is None:
+        return "its pid is unknown: not killed"
+    if holder.host is not None and holder.host != os.uname().nodename:
+        return "on another host: never killed from here"
+    try:
+        owner = os.stat(f"/proc/{holder.pid}").st_uid
+    except OSError:
+        return "cannot see the process: not killed"
+    if owner != os.getuid():
+        return "of another user: not killed"
+    return None
+
+
+def _kill(backend: Backend, holder: Holder, grace: float) -> bool | str:
+    """SIGTERM, SIGKILL after ``grace``; then wait for the lock to be free and take it.
+
+    True: taken. False: another start took it first (it killed the same holder). A
+    string: why the holder could not be made to go.
+    """
+    assert holder.pid is not None
+    pid = holder.pid
+    from runalways._proc import start_ticks
+
+    # The process judged stale, by its pid and start time: a pid the system gave to
+    # another process meanwhile is never signalled.
+    started = start_ticks(pid)
+
+    def gone() -> bool:
+        return _dead(pid) or start_ticks(pid) != started
+
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        group = None
+    # The whole group (a job's children hang with it), unless it is ours: a holder
+    # started from the same shell must not take this process down with it.
+    target_group = group if group is not None and group != os.getpgrp() else None
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _DEATH_TIMEOUT)):
+        if gone():
+            break
+        try:
+            if target_group is not None:
+                os.killpg(target_group, signum)
+            else:
+                os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return "cannot signal it: not killed"
+        if _wait(gone, wait):
+            break
+    else:
+        return f"still there {duration(_DEATH_TIMEOUT)} after SIGKILL (stuck in the kernel?)"
+    # Dead: the lock is free at once for kernel locks, after the backend's declared
+    # release time for the others. Wait for the lock itself; never delete anything.
+    taken: list[bool] = []
+
+    def free_or_taken_by_another() -> bool:
+        if backend.try_acquire():
+            taken.append(True)
+            return True
+        now_held = backend.holder()
+        return now_held is not None and now_held.pid not in (None, pid)
+
+    if not _wait(free_or_taken_by_another, backend.capabilities.crash_release_seconds + _DEATH_TIMEOUT):
+        return "its lock was not released after it died"
+    return bool(taken)
+
+
+def _dead(pid: int) -> bool:
+    from runalways._proc import process_status
+
+    status = process_status(pid)
+    return status is None or status[0] == "Z"
+
+
+def _wait(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    pause = 0.005
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+    return True
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
