@@ -28,7 +28,8 @@ import psycopg
 import pytest
 from harness import read_line, reap, wait_until
 
-from runalways.backends.postgres import FENCE_AT, lock_key
+from runalways.backends._lease import FENCE_AT
+from runalways.backends.postgres import lock_key
 
 TTL = 3.0
 #: Seconds any one process may take before the test fails (and the process is killed).
