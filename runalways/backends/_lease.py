@@ -59,7 +59,7 @@ class Unreachable(LockFailed):
 class LeaseBackend(Backend):
     """A lock held on a server as a lease: the shared mechanics of the cluster backends."""
 
-    settings = ("RUNALWAYS_URL", "RUNALWAYS_NAME", "RUNALWAYS_TTL", "RUNALWAYS_UNREACHABLE")
+    settings: ClassVar[tuple[str, ...]] = ("RUNALWAYS_URL", "RUNALWAYS_NAME", "RUNALWAYS_TTL", "RUNALWAYS_UNREACHABLE")
     #: The engine's name in messages: "PostgreSQL", "Redis".
     engine: ClassVar[str]
     #: The lock outlives its holder's process unless released (a key with an expiry):
