@@ -45,10 +45,13 @@ class Server:
         self.log = os.path.join(self.dir, "server.log")
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        #: The password given with --requirepass, which ``url`` then carries.
+        self.password = arguments[arguments.index("--requirepass") + 1] if "--requirepass" in arguments else ""
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f":{self.password}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
     def start(self, port: int | None = None) -> None:
         """Start (again, on the same port when given), and return once it answers."""

@@ -93,6 +93,16 @@ _TAKEN = (
 _LABEL = re.compile(r"runalways (\d+) (\d+|-) (.*)")
 #: SQLSTATEs of a server that is there but cannot take connections right now.
 _UNREACHABLE_STATES = ("57P03", "53300")
+#: libpq's words for the same (it gives no SQLSTATE for a failed connection).
+_BUSY_WORDS = ("the database system is starting up", "the database system is shutting down", "too many clients")
+#: ... and for a login the server refused: password, role, pg_hba.conf.
+_LOGIN_WORDS = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed for user",
+    "pg_hba.conf",
+    "role ",
+)
 
 
 def lock_key(name: str) -> tuple[int, int]:
@@ -227,9 +237,27 @@ class PostgresBackend(LeaseBackend):
                 tcp_user_timeout=round(self.ttl * 500),
             )
         except psycopg.OperationalError as error:
-            if error.sqlstate is None or error.sqlstate in _UNREACHABLE_STATES:
-                raise Unreachable(self._describe(error, "cannot reach the PostgreSQL server")) from None
-            raise LockFailed(self._describe(error, "the PostgreSQL server refused the connection")) from None
+            raise self._refused(error) from None
+
+    def _refused(self, error: Exception) -> LockFailed:
+        """Why a connection failed, told apart: only a server that is not there (or not yet) is unreachable.
+
+        libpq gives no SQLSTATE for a failed connection, so the server's own words tell.
+        """
+        text = str(error)
+        if getattr(error, "sqlstate", None) in _UNREACHABLE_STATES or any(words in text for words in _BUSY_WORDS):
+            return Unreachable(self._describe(error, "the PostgreSQL server cannot take connections now"))
+        if any(words in text for words in _LOGIN_WORDS):
+            return LockFailed(
+                self._describe(error, "the PostgreSQL server refused the login")
+                + "; check the user and password (RUNALWAYS_URL, PGPASSWORD, ~/.pgpass), "
+                "that the role exists, and the server's pg_hba.conf"
+            )
+        if "does not exist" in text:
+            return LockFailed(self._describe(error, "no such database on the PostgreSQL server"))
+        if "FATAL:" in text:
+            return LockFailed(self._describe(error, "the PostgreSQL server refused the connection"))
+        return Unreachable(self._describe(error, "cannot reach the PostgreSQL server"))
 
     def _hold(self, conn: Connection) -> bool:
         """Take the token and the server's age, then hold the lease."""
