@@ -19,6 +19,8 @@ import redisserver
 from harness import read_line, reap, wait_until
 from test_cluster import TIMEOUT, TTL, finish, token_of
 
+from runalways.backends.redis import ACL_NEEDED
+
 SECRET = "s3cret-Pw"
 
 JOB = (
@@ -110,14 +112,36 @@ def test_a_wrong_password_is_a_refused_login_not_an_unreachable_server(
         assert "check the user name and password in RUNALWAYS_URL" in stderr
 
 
-def test_an_acl_that_forbids_the_keys_says_what_the_user_needs(runner: Runner, locked_down: redisserver.Server) -> None:
-    admin(locked_down).acl_setuser(
-        "elsewhere", enabled=True, passwords=[f"+{SECRET}"], keys=["other:*"], commands=["+@all"]
-    )
-    returncode, stdout, stderr = runner.run(f"redis://elsewhere:{SECRET}@127.0.0.1:{locked_down.port}/0")
+@pytest.mark.parametrize(
+    ("user", "keys", "commands"),
+    [
+        ("elsewhere", ["other:*"], ["+@all"]),  # NOPERM on the keys
+        ("scripts-only", ["runalways:*"], ["+@scripting", "+wait"]),  # the script's own commands refused
+    ],
+)
+def test_an_acl_that_forbids_the_lock_says_what_the_user_needs(
+    runner: Runner, locked_down: redisserver.Server, user: str, keys: list[str], commands: list[str]
+) -> None:
+    admin(locked_down).acl_setuser(user, enabled=True, passwords=[f"+{SECRET}"], keys=keys, commands=commands)
+    returncode, stdout, stderr = runner.run(f"redis://{user}:{SECRET}@127.0.0.1:{locked_down.port}/0")
     assert (returncode, stdout) == (2, "")
     one_line(stderr)
-    assert "the Redis server's ACL does not let this user take the lock" in stderr and "~runalways:*" in stderr
+    assert "the Redis server's ACL does not let this user take the lock" in stderr and ACL_NEEDED in stderr
+
+
+def test_an_acl_user_with_what_the_readme_lists_holds_the_lock(runner: Runner, locked_down: redisserver.Server) -> None:
+    needed = ACL_NEEDED.split()
+    admin(locked_down).acl_setuser(
+        "least",
+        enabled=True,
+        passwords=[f"+{SECRET}"],
+        keys=[rule for rule in needed if rule.startswith("~")],
+        commands=[rule for rule in needed if rule.startswith("+")],
+    )
+    holder = runner.start(f"redis://least:{SECRET}@127.0.0.1:{locked_down.port}/0", RUNALWAYS_SILENT="")
+    token_of(read_line(holder))
+    returncode, _, stderr = finish(holder)
+    assert returncode == 0 and "runalways:" not in stderr, stderr
 
 
 def test_without_config_and_info_it_says_so_once_and_runs(runner: Runner, locked_down: redisserver.Server) -> None:
@@ -153,6 +177,11 @@ def test_with_a_replica_a_holder_whose_renewals_no_replica_acknowledges_is_fence
     ):
         copy = redis.Redis(host="127.0.0.1", port=replica.port, socket_timeout=TIMEOUT)
         wait_until(lambda: copy.info("replication").get("master_link_status") == "up", "the replica to be in sync")
+        # The replica itself refuses the lock, and says to use the primary.
+        returncode, stdout, stderr = runner.run(replica.url)
+        assert (returncode, stdout) == (2, "")
+        one_line(stderr)
+        assert "is a read-only replica" in stderr and "use the primary's URL" in stderr
         holder = runner.start(primary.url)
         token_of(read_line(holder))  # the take was acknowledged by the replica
         assert replica.process is not None

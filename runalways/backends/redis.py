@@ -86,6 +86,12 @@ return 0
 _PEEK = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}"
 
 
+#: What an ACL user must be allowed: the scripts, the commands they run, and the checks.
+ACL_NEEDED = "+@scripting +get +set +del +pexpire +pttl +time +wait +config|get +info ~runalways:*"
+#: How the server refuses a command a script runs, or a key, for the ACL.
+_ACL_WORDS = ("can't run this command", "No permissions to access")
+
+
 def lock_keys(name: str) -> tuple[bytes, bytes]:
     """The lock's key and its fencing counter's; the braces keep both in one Redis Cluster slot."""
     raw = name.encode("utf-8", "surrogateescape")
@@ -361,10 +367,11 @@ class RedisBackend(LeaseBackend):
                 f"the Redis server at {where} refused the login: {reason}; "
                 "check the user name and password in RUNALWAYS_URL"
             )
-        if isinstance(error, redis.exceptions.NoPermissionError):
+        # A command a script runs is checked too, and refused as a plain error.
+        if isinstance(error, redis.exceptions.NoPermissionError) or any(words in reason for words in _ACL_WORDS):
             return LockFailed(
                 f"the Redis server's ACL does not let this user take the lock {self.lock_name!r} at {where}: "
-                f"{reason}; it needs EVAL and the keys runalways:* (e.g. +@scripting +wait ~runalways:*)"
+                f"{reason}; it needs {ACL_NEEDED}"
             )
         if isinstance(error, redis.exceptions.ReadOnlyError):
             return LockFailed(f"the Redis server at {where} is a read-only replica: {reason}; use the primary's URL")
