@@ -126,10 +126,11 @@ class Server:
 
 
 def uptime(url: str) -> float:
+    """The server's age as the backend reckons it: INFO's whole seconds, less one (they may round up)."""
     import redis
 
     with redis.Redis.from_url(url, socket_timeout=STARTUP_TIMEOUT) as client:
-        return float(client.info("server")["uptime_in_seconds"])
+        return float(client.info("server")["uptime_in_seconds"]) - 1
 
 
 def wait_until_older_than(url: str, seconds: float) -> None:
@@ -138,7 +139,6 @@ def wait_until_older_than(url: str, seconds: float) -> None:
     while (age := uptime(url)) < seconds:
         if time.monotonic() > deadline:
             raise RuntimeError("the test server's clock does not advance")
-        # INFO counts whole seconds: look again just after the next one.
         time.sleep(min(seconds - age, 0.5) + 0.01)
 
 

@@ -262,7 +262,9 @@ class RedisBackend(LeaseBackend):
             failed = server if isinstance(server, Exception) else replication
             unchecked.append(f"INFO ({_first_line(failed)}): a restarted server and its replicas go unnoticed")
         else:
-            self._uptime = float(server.get("uptime_in_seconds", 0))
+            # Whole seconds between the start's second and now's: the server may be up to
+            # a second younger than it says, and the grace must not come short.
+            self._uptime = max(0.0, float(server.get("uptime_in_seconds", 0)) - 1)
             self._replicas = int(replication.get("connected_slaves", 0))
         if unchecked:
             self.notice = f"the Redis server at {self._where()} does not allow " + "; nor ".join(unchecked)
