@@ -172,14 +172,24 @@ def peers() -> list[Guard]:
 WAITING = {
     "pidfile": "poll, back-off 1 ms doubling to 10 ms",
     "postgres": "the server's blocking `pg_advisory_lock` under `lock_timeout`",
+    "redis": "poll the take script, back-off 1 ms doubling to 20 ms",
 }
+
+
+def server_url(name: str) -> str:
+    """The server a cluster backend is measured against: ``BENCHMARK_URL_<NAME>``, or for
+    postgres ``RUNALWAYS_URL`` too; empty when none is given."""
+    given = os.environ.get(f"BENCHMARK_URL_{name.upper()}", "")
+    if not given and name == "postgres":
+        given = os.environ.get("RUNALWAYS_URL", "")
+    return given
 
 
 def runalways_guards(runalways_command: str) -> list[Guard]:
     """One guard per registered runalways backend, plus the command line with the default one.
 
     Backends that cannot work here, and cluster backends without a server to talk to
-    (RUNALWAYS_URL unset), are listed with the reason and not measured.
+    (``server_url``), are listed with the reason and not measured.
     """
     from runalways import backends
     from runalways.backends.base import FileLockBackend
@@ -194,11 +204,12 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
             skipped = f"cannot load: {error}"
             found.append(Guard(f"runalways-{name}", f"runalways `{name}`", "runalways", skipped=skipped))
             continue
-        if not reason and "RUNALWAYS_URL" in backend.settings and not os.environ.get("RUNALWAYS_URL"):
-            reason = "needs a server: RUNALWAYS_URL is not set"
+        url = server_url(name) if "RUNALWAYS_URL" in backend.settings else ""
+        if not reason and "RUNALWAYS_URL" in backend.settings and not url:
+            reason = f"needs a server: BENCHMARK_URL_{name.upper()} is not set"
         env = {} if name == default else {"RUNALWAYS_BACKEND": name}
-        if "RUNALWAYS_URL" in backend.settings and os.environ.get("RUNALWAYS_URL"):
-            env = {**env, "RUNALWAYS_URL": os.environ["RUNALWAYS_URL"]}
+        if url:
+            env = {**env, "RUNALWAYS_URL": url}
         kernel = issubclass(backend, FileLockBackend)
         found.append(
             Guard(

@@ -631,11 +631,11 @@ CLUSTER_PROBE = """
 import json, sys, time
 import runalways.api
 
-rounds = int(sys.argv[1])
+rounds, backend = int(sys.argv[1]), sys.argv[2]
 acquire, release = [], []
 for number in range(rounds):
     started = time.perf_counter()
-    context = runalways.api.lock(name="runalways-benchmark", backend="postgres")
+    context = runalways.api.lock(name="runalways-benchmark", backend=backend)
     context.__enter__()
     taken = time.perf_counter()
     context.__exit__(None, None, None)
@@ -643,6 +643,12 @@ for number in range(rounds):
     release.append(time.perf_counter() - taken)
 print(json.dumps({"acquire": acquire, "release": release}))
 """
+
+#: The cluster backends, and what their acquire does.
+CLUSTER_BACKENDS = {
+    "postgres": "connect, take the advisory lock",
+    "redis": "connect, check the server (CONFIG GET, INFO), run the take script",
+}
 
 
 @dataclass
@@ -653,22 +659,30 @@ class Cluster:
     release: list[float] = field(default_factory=list)
 
 
-def cluster(ctx: Context) -> Cluster:
-    postgres = [guard for guard in ctx.guards if guard.key == "runalways-postgres"]
-    if not postgres:
-        return Cluster(False, "no `postgres` backend is registered")
-    if postgres[0].skipped:
-        return Cluster(False, postgres[0].skipped)
-    ctx.log("cluster: postgres acquire/release")
-    ws = Workspace(ctx.root, "cluster")
-    probe = ws.write("probe.py", CLUSTER_PROBE)
-    env = g.environment(postgres[0], ws.env(ctx.base_env))
-    env.pop("RUNALWAYS_BACKEND", None)
-    child, out, err = procs.capture([ctx.python, str(probe), str(ctx.counts.cluster_rounds)], env, timeout=120)
-    if child.returncode != 0:
-        return Cluster(False, f"the probe failed: {err.strip().splitlines()[-1:]}")
-    data = json.loads(out)
-    return Cluster(True, "", data["acquire"], data["release"])
+def cluster(ctx: Context) -> dict[str, Cluster]:
+    """Acquire/release latency of each cluster backend, in one process."""
+    measured: dict[str, Cluster] = {}
+    for name in CLUSTER_BACKENDS:
+        found = [guard for guard in ctx.guards if guard.key == f"runalways-{name}"]
+        if not found:
+            measured[name] = Cluster(False, f"no `{name}` backend is registered")
+            continue
+        if found[0].skipped:
+            measured[name] = Cluster(False, found[0].skipped)
+            continue
+        ctx.log(f"cluster: {name} acquire/release")
+        ws = Workspace(ctx.root, f"cluster-{name}")
+        probe = ws.write("probe.py", CLUSTER_PROBE)
+        env = g.environment(found[0], ws.env(ctx.base_env))
+        env.pop("RUNALWAYS_BACKEND", None)
+        command = [ctx.python, str(probe), str(ctx.counts.cluster_rounds), name]
+        child, out, err = procs.capture(command, env, timeout=120)
+        if child.returncode != 0:
+            measured[name] = Cluster(False, f"the probe failed: {err.strip().splitlines()[-1:]}")
+            continue
+        data = json.loads(out)
+        measured[name] = Cluster(True, "", data["acquire"], data["release"])
+    return measured
 
 
 def set_child_subreaper() -> None:

@@ -34,7 +34,7 @@ class Results:
     stampede: list[ph.Stampede] = field(default_factory=list)
     handover: list[ph.Handover] = field(default_factory=list)
     crash: list[ph.Crash] = field(default_factory=list)
-    cluster: ph.Cluster | None = None
+    cluster: dict[str, ph.Cluster] | None = None
 
 
 def load_average() -> str:
@@ -188,9 +188,7 @@ def _targets(results: Results) -> list[tuple[str, str, bool | None, str]]:
             limit, why = KERNEL_HANDOVER_LIMIT_MS, "a kernel waiter is woken by the release itself"
         else:
             limit = PIDFILE_HANDOVER_LIMIT_MS
-            why = (
-                "the pidfile backend polls with a back-off capped at 50 ms, so a release is seen 25 ms later on average"
-            )
+            why = f"no kernel wake-up; it waits by: {handover.guard.wait_doc}"
         rows.append(
             (
                 f"hand-over, {handover.guard.label}: median ≤ {limit:g} ms",
@@ -397,25 +395,26 @@ def _files(names: list[str]) -> str:
 
 
 def _cluster_section(results: Results) -> list[str]:
-    lines = ["## 5. Cluster backend", ""]
-    cluster = results.cluster
-    if cluster is None:
+    lines = ["## 5. Cluster backends", ""]
+    if results.cluster is None:
         return [*lines, "Not run (phase not selected).", ""]
-    if not cluster.measured:
-        return [*lines, f"Not measured: {cluster.why}.", ""]
-    lines += [
-        '`runalways.api.lock(name=..., backend="postgres")`: connect, take the advisory lock, release, '
-        f"{len(cluster.acquire)} times in one process.",
-        "",
-        "| step | median ms | p90 ms | min-max ms |",
-        "|---|---|---|---|",
-    ]
-    for name, values in (("acquire", cluster.acquire), ("release", cluster.release)):
-        lines.append(
-            f"| {name} | {_ms(ph.median(values), 2)} | {_ms(ph.percentile(values, 0.9), 2)} | "
-            f"{_ms(min(values), 2)}-{_ms(max(values), 2)} |"
-        )
-    lines.append("")
+    for name, cluster in results.cluster.items():
+        if not cluster.measured:
+            lines += [f"`{name}`: not measured: {cluster.why}.", ""]
+            continue
+        lines += [
+            f'`runalways.api.lock(name=..., backend="{name}")`: {ph.CLUSTER_BACKENDS[name]}, release, '
+            f"{len(cluster.acquire)} times in one process.",
+            "",
+            "| step | median ms | p90 ms | min-max ms |",
+            "|---|---|---|---|",
+        ]
+        for step, values in (("acquire", cluster.acquire), ("release", cluster.release)):
+            lines.append(
+                f"| {step} | {_ms(ph.median(values), 2)} | {_ms(ph.percentile(values, 0.9), 2)} | "
+                f"{_ms(min(values), 2)}-{_ms(max(values), 2)} |"
+            )
+        lines.append("")
     return lines
 
 

@@ -10,7 +10,8 @@ install's import hook would add milliseconds to every start), plus the peers of 
 2. a stampede of 32 copies started at once;
 3. hand-over latency in wait mode;
 4. crash release: the holder SIGKILLed, the next copy started at once;
-5. the cluster backend's acquire/release latency, where a server is configured.
+5. the cluster backends' acquire/release latency, where a server is given (``RUNALWAYS_URL`` or
+   ``BENCHMARK_URL_POSTGRES`` for postgres, ``BENCHMARK_URL_REDIS`` for redis).
 
 It writes ``benchmarks/RESULTS.md`` and ``benchmarks/startup.png`` (``--quick``: a short
 smoke run, written to ``benchmarks/.quick/`` so that it never replaces the real results).
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 VENV = HERE / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
-EXTRAS = "benchmark,postgres"
+EXTRAS = "benchmark,postgres,redis"
 PHASES = ("startup", "stampede", "handover", "crash", "cluster")
 #: Seconds the environment set-up may take (a first install downloads the peers).
 SETUP_TIMEOUT = 600

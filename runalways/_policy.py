@@ -252,6 +252,8 @@ def enforce(policy: str, target: "Target", chosen: "Options") -> "Backend":
         backend.close_in_forked_children()
     if backend.unlocked is not None:  # never silently: the user chose to run unguarded
         _say(f"runalways: '{target.display}' runs without the lock: {backend.unlocked}")
+    if backend.notice is not None and not chosen.silent:
+        _say(f"runalways: {backend.notice}")
     if not chosen.silent:
         _say(f"'{target.display}' has been started at {int(time.time())}")
     record(chosen, "start", backend)

@@ -47,8 +47,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", chosen_backends(metafunc.config))
 
 
-#: The postgres backend's lease in the suite: short, so that lease cases stay fast.
-POSTGRES_TTL = 3.0
+#: The cluster backends' lease in the suite: short, so that lease cases stay fast.
+LEASE_TTL = 3.0
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +58,27 @@ def postgres_settings() -> Iterator[dict[str, str]]:
 
     with pgserver.running(pgserver.required_bindir()) as server:
         # A server younger than the lease makes every holder wait out the restart grace.
-        pgserver.wait_until_older_than(server.url, POSTGRES_TTL)
-        yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(POSTGRES_TTL)}
+        pgserver.wait_until_older_than(server.url, LEASE_TTL)
+        yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
+
+
+@pytest.fixture(scope="session")
+def redis_settings() -> Iterator[dict[str, str]]:
+    """A Redis server of this worker's own, for the redis backend's run of the suite."""
+    import redisserver
+
+    with redisserver.running(redisserver.required_binary()) as server:
+        redisserver.wait_until_older_than(server.url, LEASE_TTL)
+        yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
+
+
+#: The fixture giving each cluster backend its server.
+SERVER_SETTINGS = {"postgres": "postgres_settings", "redis": "redis_settings"}
 
 
 @pytest.fixture
 def procs(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
-    settings: dict[str, str] = request.getfixturevalue("postgres_settings") if backend == "postgres" else {}
+    settings: dict[str, str] = request.getfixturevalue(SERVER_SETTINGS[backend]) if backend in SERVER_SETTINGS else {}
     started = Procs(backend, tmp_path, settings)
     try:
         yield started

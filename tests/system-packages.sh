@@ -1,11 +1,12 @@
 #!/bin/sh
 # The system packages the test suite needs, installed from Debian's packages when missing:
-# PostgreSQL's server (the postgres backend's tests start their own), zsh (the completion
+# PostgreSQL's and Redis's servers (the cluster backends' tests start their own), zsh (the completion
 # tests type into a real one) and systemd-tmpfiles (the cleaner the lock-location cases
 # run against a held lock file).
 set -eu
 missing=""
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v zsh >/dev/null 2>&1 || missing="$missing zsh"
 command -v systemd-tmpfiles >/dev/null 2>&1 || missing="$missing systemd-standalone-tmpfiles"
 if [ -n "$missing" ]; then

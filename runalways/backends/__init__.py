@@ -23,6 +23,7 @@ BUILTIN = {
     "ofd": "runalways.backends.ofd:OfdBackend",
     "portalocker": "runalways.backends.portalock:PortalockerBackend",
     "postgres": "runalways.backends.postgres:PostgresBackend",
+    "redis": "runalways.backends.redis:RedisBackend",
 }
 
 

@@ -202,6 +202,9 @@ class Backend:
     #: Why the job runs without holding the lock, when a setting let the backend take
     #: it without the lock (the server was unreachable); the policy says so.
     unlocked: "str | None" = None
+    #: Something the backend could not check and the user should know, said once at
+    #: the start (a server that does not let it read its configuration).
+    notice: "str | None" = None
 
     @classmethod
     def unavailable(cls) -> "str | None":

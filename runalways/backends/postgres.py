@@ -38,6 +38,10 @@ exit still releases it at once). The connection is close-on-exec: a program star
 The server unreachable at start: fail closed (``LockFailed``: one line without the
 password, exit 2), or with ``RUNALWAYS_UNREACHABLE=run`` run without the lock.
 
+The heartbeat, the fence, the restart grace, the token's plumbing, fork handling and
+the settings are the shared lease (``runalways.backends._lease``); this module says how
+PostgreSQL takes, renews, verifies, releases and describes the lock.
+
 psycopg (the ``runalways[postgres]`` extra) and ctypes are imported only when this
 backend is used.
 """
@@ -48,14 +52,12 @@ import hashlib
 import math
 import os
 import re
-import signal
 import socket
-import threading
 import time
 
-from runalways._settings import parse_seconds
-from runalways.backends.base import Backend, Capabilities, Holder, Target
-from runalways.errors import LockFailed, SettingError
+from runalways.backends._lease import BEATS_PER_TTL, LeaseBackend, Unreachable
+from runalways.backends.base import Capabilities, Holder, Target
+from runalways.errors import LockFailed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,21 +65,11 @@ if TYPE_CHECKING:
 
     import psycopg
 
-    from runalways._fence import KillTimer
-
     Connection = psycopg.Connection[tuple[Any, ...]]
 
 #: First key of every runalways lock ('RALW'): the two-int4 form keeps runalways's locks
 #: apart from the single-bigint advisory locks frameworks (Rails, Django) take.
 NAMESPACE = 0x52414C57
-
-DEFAULT_TTL = 15.0
-#: Below 3 s a heartbeat every TTL/3 meets scheduling and network hiccups too often.
-MIN_TTL = 3.0
-#: The local deadline, as a fraction of the TTL after the last confirmed heartbeat: the
-#: holder is dead 0.2 TTL before the server can let another host in.
-FENCE_AT = 0.8
-BEATS_PER_TTL = 3
 
 #: The lock row of this session, in the form pg_try_advisory_lock(int4, int4) makes.
 _OWN_LOCK = (
@@ -101,6 +93,16 @@ _TAKEN = (
 _LABEL = re.compile(r"runalways (\d+) (\d+|-) (.*)")
 #: SQLSTATEs of a server that is there but cannot take connections right now.
 _UNREACHABLE_STATES = ("57P03", "53300")
+#: libpq's words for the same (it gives no SQLSTATE for a failed connection).
+_BUSY_WORDS = ("the database system is starting up", "the database system is shutting down", "too many clients")
+#: ... and for a login the server refused: password, role, pg_hba.conf.
+_LOGIN_WORDS = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication failed for user",
+    "pg_hba.conf",
+    "role ",
+)
 
 
 def lock_key(name: str) -> tuple[int, int]:
@@ -109,8 +111,9 @@ def lock_key(name: str) -> tuple[int, int]:
     return NAMESPACE, int.from_bytes(digest[:4], "big", signed=True)
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(LeaseBackend):
     name = "postgres"
+    engine = "PostgreSQL"
     capabilities = Capabilities(
         identity="name",
         kept_by_fork_child=False,
@@ -124,7 +127,6 @@ class PostgresBackend(Backend):
         # 7 ms); a second leaves room for a loaded machine. A dead *host* takes the TTL.
         crash_release_seconds=1.0,
     )
-    settings = ("RUNALWAYS_URL", "RUNALWAYS_NAME", "RUNALWAYS_TTL", "RUNALWAYS_UNREACHABLE")
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -138,21 +140,8 @@ class PostgresBackend(Backend):
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        environ = os.environ
-        self.ttl = _ttl(environ.get("RUNALWAYS_TTL", ""))
-        self.run_when_unreachable = _unreachable_policy(environ.get("RUNALWAYS_UNREACHABLE", ""))
-        self.url = environ.get("RUNALWAYS_URL", "")
-        # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
-        given = environ.get("RUNALWAYS_NAME", "").strip()
-        self.lock_name = given if given and target.path is not None else target.name
         self.key = lock_key(self.lock_name)
         self._conn: Connection | None = None
-        self._timer: KillTimer | None = None
-        self._beating: threading.Thread | None = None
-        self._stopped = threading.Event()
-        #: Guards the timer and the fence against release() running at the same time.
-        self._state = threading.Lock()
-        self._forked = False
 
     # -- taking the lock ------------------------------------------------------------
 
@@ -201,10 +190,8 @@ class PostgresBackend(Backend):
 
         try:
             conn = self._connect(f"runalways {os.getpid()} - {socket.gethostname()}")
-        except _Unreachable as error:
-            if not self.run_when_unreachable:
-                raise LockFailed(f"{error}; not running (RUNALWAYS_UNREACHABLE=run runs without the lock)") from None
-            self.unlocked = f"{error} (RUNALWAYS_UNREACHABLE=run)"
+        except Unreachable as error:
+            self._run_unlocked(error)
             return None
         lease = str(round(self.ttl * 1000))
         version = conn.info.server_version
@@ -250,15 +237,33 @@ class PostgresBackend(Backend):
                 tcp_user_timeout=round(self.ttl * 500),
             )
         except psycopg.OperationalError as error:
-            if error.sqlstate is None or error.sqlstate in _UNREACHABLE_STATES:
-                raise _Unreachable(self._describe(error, "cannot reach the PostgreSQL server")) from None
-            raise LockFailed(self._describe(error, "the PostgreSQL server refused the connection")) from None
+            raise self._refused(error) from None
+
+    def _refused(self, error: Exception) -> LockFailed:
+        """Why a connection failed, told apart: only a server that is not there (or not yet) is unreachable.
+
+        libpq gives no SQLSTATE for a failed connection, so the server's own words tell.
+        """
+        text = str(error)
+        if getattr(error, "sqlstate", None) in _UNREACHABLE_STATES or any(words in text for words in _BUSY_WORDS):
+            return Unreachable(self._describe(error, "the PostgreSQL server cannot take connections now"))
+        if any(words in text for words in _LOGIN_WORDS):
+            return LockFailed(
+                self._describe(error, "the PostgreSQL server refused the login")
+                + "; check the user and password (RUNALWAYS_URL, PGPASSWORD, ~/.pgpass), "
+                "that the role exists, and the server's pg_hba.conf"
+            )
+        if "does not exist" in text:
+            return LockFailed(self._describe(error, "no such database on the PostgreSQL server"))
+        if "FATAL:" in text:
+            return LockFailed(self._describe(error, "the PostgreSQL server refused the connection"))
+        return Unreachable(self._describe(error, "cannot reach the PostgreSQL server"))
 
     def _hold(self, conn: Connection) -> bool:
-        """Take the token, arm the fence, wait out a young server, start the heartbeat."""
+        """Take the token and the server's age, then hold the lease."""
         import psycopg
 
-        from runalways._fence import KillTimer, now
+        from runalways._fence import now
 
         xid = "pg_current_xact_id()" if conn.info.server_version >= 130000 else "txid_current()"
         label = f"runalways {os.getpid()} {int(time.time())} {socket.gethostname()}"[:63]
@@ -270,110 +275,40 @@ class PostgresBackend(Backend):
         except psycopg.Error as error:
             raise self._failure(error) from None
         assert row is not None
-        token, uptime = int(row[0]), float(row[1])
-        self._stopped = threading.Event()
-        try:
-            self._timer = KillTimer()
-        except OSError as error:  # no way to fence: holding the lock would be unsafe
-            self._close()
-            raise LockFailed(f"cannot arm the timer that fences a lost lock: {error}") from None
-        self._confirmed(sent)
-        _track(self)
-        # A restarted server has forgotten every lock, while the holder from before the
-        # restart may act until its own deadline (< TTL after its last heartbeat).
-        left = min(self.ttl - uptime, self.ttl)
-        while left > 0:
-            pause = min(left, self.ttl / BEATS_PER_TTL)
-            time.sleep(pause)
-            left -= pause
-            if self._beat() is False:  # lost while waiting, before running anything
-                self.release()
-                return False
-        self.token = token
-        self._beating = threading.Thread(
-            target=self._heartbeat, args=(self._stopped,), name="runalways-heartbeat", daemon=True
-        )
-        self._beating.start()
-        return True
+        return self._lease_taken(int(row[0]), float(row[1]), sent)
 
     # -- keeping it ------------------------------------------------------------------
 
-    def _beat(self) -> bool | None:
-        """Confirm the lock: True (held; fence moved on), False (gone), None (cannot tell now)."""
+    def _renew(self) -> bool | None:
+        """The session's lock row still in pg_locks; the query itself keeps the session from being idle."""
         import psycopg
-
-        from runalways._fence import now
 
         conn = self._conn
         if conn is None:
             return False
-        sent = now()
         try:
             row = conn.execute(_OWN_LOCK, (self.key[0], self.key[1] & 0xFFFFFFFF)).fetchone()
         except psycopg.Error:
             # A session that ended took the lock with it; anything else the timer decides.
             return False if conn.broken or conn.closed else None
-        if row is None:
-            return False
-        self._confirmed(sent)
-        return True
-
-    def _confirmed(self, sent: float) -> None:
-        # The server's idle clock started after it received the request sent at ``sent``.
-        with self._state:
-            if self._timer is not None and not self._stopped.is_set():
-                self._timer.arm(sent + FENCE_AT * self.ttl)
-
-    def _heartbeat(self, stopped: threading.Event) -> None:
-        while not stopped.wait(self.ttl / BEATS_PER_TTL):
-            if self._beat() is False:
-                self._fence("the server no longer holds the lock for this copy")
-                return
-
-    def _fence(self, why: str) -> None:
-        """Die now. The one place a backend prints: nothing else can say why the process ended."""
-        with self._state:
-            if self._stopped.is_set():  # released meanwhile: the error was our own close
-                return
-            line = f"runalways: {why} (lock {self.lock_name!r}); killing '{self.target.display}' to fence it\n"
-            os.write(2, line.encode(errors="replace"))
-            os.kill(os.getpid(), signal.SIGKILL)
+        return row is not None
 
     # -- letting go ------------------------------------------------------------------
 
-    def release(self) -> None:
-        if self._forked:
-            return
-        with self._state:
-            self._stopped.set()
-        beating, self._beating = self._beating, None
-        if beating is not None:
-            beating.join(timeout=0.1)
-            if beating.is_alive() and self._conn is not None:
-                # Stuck in a heartbeat on a dead network: end the session from our side
-                # (the server frees the lock on EOF) and let that query fail.
-                _shut_down(self._conn)
-                beating.join(timeout=1.0)
-            if beating.is_alive():  # closing the connection under it would free memory in use
-                self._conn = None
-        self._close()
-        with self._state:
-            if self._timer is not None:
-                self._timer.close()
-                self._timer = None
-        self.token = None
-        _untrack(self)
+    def _interrupt(self) -> None:
+        # The server frees the lock on EOF; the stuck query fails.
+        if self._conn is not None:
+            _shut_down(self._conn)
+
+    def _abandon(self) -> None:
+        self._conn = None
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
-    def _forget_after_fork(self) -> None:
-        """In a fork() child: give up this copy of the session without touching the parent's."""
-        self._forked = True
-        self.token = None
-        self._timer = None  # timers are not inherited; the id means nothing here
+    def _forget_session(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:
             # Put /dev/null where the socket was: the child's reference to the socket is
@@ -384,9 +319,6 @@ class PostgresBackend(Backend):
             os.close(devnull)
 
     # -- for runalways run, status and messages --------------------------------------
-
-    def child_environment(self) -> dict[str, str]:
-        return {} if self.token is None else {"RUNALWAYS_TOKEN": str(self.token)}
 
     def holder(self) -> Holder | None:
         """The holder from pg_locks and pg_stat_activity (its label needs the same role or pg_read_all_stats)."""
@@ -428,61 +360,9 @@ class PostgresBackend(Backend):
         return f"{what} at {host}:{port}/{database}: {reason}"
 
 
-class _Unreachable(LockFailed):
-    """No server to ask: the only failure RUNALWAYS_UNREACHABLE=run lets a copy run through."""
-
-
-def _ttl(text: str) -> float:
-    if not text.strip():
-        return DEFAULT_TTL
-    ttl = parse_seconds(text, "RUNALWAYS_TTL")
-    if ttl < MIN_TTL:
-        raise SettingError(
-            f"RUNALWAYS_TTL={text!r} is too short for a lease; "
-            f"use {MIN_TTL:g} seconds or more (default {DEFAULT_TTL:g})"
-        )
-    return ttl
-
-
-def _unreachable_policy(text: str) -> bool:
-    """RUNALWAYS_UNREACHABLE: True to run without the lock when the server cannot be reached."""
-    value = text.strip().lower()
-    if value in ("", "fail"):
-        return False
-    if value == "run":
-        return True
-    raise SettingError(
-        f"RUNALWAYS_UNREACHABLE={text!r} is not a choice; use fail (do not run, exit 2: the default) "
-        "or run (run without the lock)"
-    )
-
-
 def _shut_down(conn: Connection) -> None:
     try:
         with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-
-
-#: Backends of this process holding a lock: the fork handler forgets them in a child.
-_holding: list[PostgresBackend] = []
-_fork_handler: list[bool] = []
-
-
-def _track(backend: PostgresBackend) -> None:
-    if not _fork_handler and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_handler.append(True)
-    _holding.append(backend)
-
-
-def _untrack(backend: PostgresBackend) -> None:
-    if backend in _holding:
-        _holding.remove(backend)
-
-
-def _after_fork_in_child() -> None:
-    for backend in _holding:
-        backend._forget_after_fork()
-    _holding.clear()

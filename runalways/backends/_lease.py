@@ -1,0 +1,268 @@
+"""The lease every cluster backend holds its lock with, whatever the server's engine.
+
+A lock on a server (PostgreSQL, Redis) can be lost without its holder noticing: the host
+freezes, the process is stopped, the network is cut, the server restarts. What keeps two
+copies from ever running together is the same for every engine, and lives here:
+
+* Settings: ``RUNALWAYS_URL``, ``RUNALWAYS_TTL`` (default 15 s, at least 3 s),
+  ``RUNALWAYS_NAME`` (the lock name of a guarded script; ``--name`` names a lock
+  directly) and ``RUNALWAYS_UNREACHABLE`` (``fail``, the default: exit 2; ``run``: run
+  without the lock when the server cannot be reached).
+* The heartbeat: a daemon thread renews the lock every TTL/3. A renewal that finds the
+  lock gone fences at once; one that cannot tell (a slow network) leaves it to the timer.
+* The self-fence: a kernel timer (``runalways._fence``) kills the process with SIGKILL at
+  the send time of the last confirmed renewal + 0.8 TTL, on CLOCK_BOOTTIME, so the
+  holder is dead before the server can give the lock to anyone else.
+* The restart grace: a server younger than the TTL may have forgotten a lock whose holder
+  still runs until its own deadline; a new holder waits out the rest of the TTL,
+  renewing, before it runs.
+* The fencing token: a number the engine hands out with every acquisition, growing
+  across holders, hosts and server restarts; ``backend.token``, ``runalways.api.token()``
+  and ``RUNALWAYS_TOKEN`` for the command of ``runalways run``.
+* fork(): the heartbeat thread does not survive it, so a forked child never holds the
+  lock; the engine gives up the child's copy of its connection without touching the
+  parent's.
+
+An engine module says only how to take, renew, verify, release and describe its lock
+(``LeaseBackend``'s hooks). This module is loaded only when a cluster backend is used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import ClassVar
+
+from runalways._settings import parse_seconds
+from runalways.backends.base import Backend, Target
+from runalways.errors import LockFailed, SettingError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runalways._fence import KillTimer
+
+DEFAULT_TTL = 15.0
+#: Below 3 s a heartbeat every TTL/3 meets scheduling and network hiccups too often.
+MIN_TTL = 3.0
+#: The local deadline, as a fraction of the TTL after the last confirmed renewal: the
+#: holder is dead 0.2 TTL before the server can let another host in.
+FENCE_AT = 0.8
+BEATS_PER_TTL = 3
+
+
+class Unreachable(LockFailed):
+    """No server to ask: the only failure RUNALWAYS_UNREACHABLE=run lets a copy run through."""
+
+
+class LeaseBackend(Backend):
+    """A lock held on a server as a lease: the shared mechanics of the cluster backends."""
+
+    settings: ClassVar[tuple[str, ...]] = ("RUNALWAYS_URL", "RUNALWAYS_NAME", "RUNALWAYS_TTL", "RUNALWAYS_UNREACHABLE")
+    #: The engine's name in messages: "PostgreSQL", "Redis".
+    engine: ClassVar[str]
+    #: The lock outlives its holder's process unless released (a key with an expiry):
+    #: release it at a normal exit of the interpreter too.
+    release_at_exit: ClassVar[bool] = False
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        environ = os.environ
+        self.ttl = lease_ttl(environ.get("RUNALWAYS_TTL", ""))
+        self.run_when_unreachable = unreachable_policy(environ.get("RUNALWAYS_UNREACHABLE", ""))
+        self.url = environ.get("RUNALWAYS_URL", "")
+        # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
+        given = environ.get("RUNALWAYS_NAME", "").strip()
+        self.lock_name = given if given and target.path is not None else target.name
+        self._timer: KillTimer | None = None
+        self._beating: threading.Thread | None = None
+        self._stopped = threading.Event()
+        #: Guards the timer and the fence against release() running at the same time.
+        self._state = threading.Lock()
+        self._forked = False
+
+    # -- what an engine says -----------------------------------------------------------
+
+    def _renew(self) -> bool | None:
+        """Renew and verify the lock: True (held), False (gone), None (cannot tell now)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Give up the lock, if still held, and the connection."""
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        """Unblock a renewal stuck on a dead network, so that release() can go on."""
+
+    def _abandon(self) -> None:
+        """Drop the connection without using it: a renewal is still stuck in it."""
+        raise NotImplementedError
+
+    def _forget_session(self) -> None:
+        """In a fork() child: give up this copy of the connection without touching the parent's."""
+        raise NotImplementedError
+
+    # -- shared by every engine --------------------------------------------------------
+
+    def _run_unlocked(self, error: Unreachable) -> None:
+        """The server cannot be reached: fail closed, or run without the lock (RUNALWAYS_UNREACHABLE=run)."""
+        if not self.run_when_unreachable:
+            raise LockFailed(f"{error}; not running (RUNALWAYS_UNREACHABLE=run runs without the lock)") from None
+        self.unlocked = f"{error} (RUNALWAYS_UNREACHABLE=run)"
+
+    def _lease_taken(self, token: int, uptime: float | None, sent: float) -> bool:
+        """Taken by a request sent at ``sent``: arm the fence, wait out a young server, start the heartbeat.
+
+        ``uptime`` is the server's age in seconds, None where the server does not say.
+        """
+        from runalways._fence import KillTimer
+
+        self._stopped = threading.Event()
+        try:
+            self._timer = KillTimer()
+        except OSError as error:  # no way to fence: holding the lock would be unsafe
+            self._close()
+            raise LockFailed(f"cannot arm the timer that fences a lost lock: {error}") from None
+        self._confirmed(sent)
+        _track(self)
+        # A restarted server has forgotten every lock, while the holder from before the
+        # restart may act until its own deadline (< TTL after its last renewal).
+        left = 0.0 if uptime is None else min(self.ttl - uptime, self.ttl)
+        while left > 0:
+            pause = min(left, self.ttl / BEATS_PER_TTL)
+            time.sleep(pause)
+            left -= pause
+            if self._beat() is False:  # lost while waiting, before running anything
+                self.release()
+                return False
+        self.token = token
+        self._beating = threading.Thread(
+            target=self._heartbeat, args=(self._stopped,), name="runalways-heartbeat", daemon=True
+        )
+        self._beating.start()
+        return True
+
+    def _beat(self) -> bool | None:
+        """Renew once; a confirmed renewal moves the fence on."""
+        from runalways._fence import now
+
+        sent = now()
+        held = self._renew()
+        if held:
+            self._confirmed(sent)
+        return held
+
+    def _confirmed(self, sent: float) -> None:
+        # The server's lease started again after it received the request sent at ``sent``.
+        with self._state:
+            if self._timer is not None and not self._stopped.is_set():
+                self._timer.arm(sent + FENCE_AT * self.ttl)
+
+    def _heartbeat(self, stopped: threading.Event) -> None:
+        while not stopped.wait(self.ttl / BEATS_PER_TTL):
+            if self._beat() is False:
+                self._fence("the server no longer holds the lock for this copy")
+                return
+
+    def _fence(self, why: str) -> None:
+        """Die now. The one place a backend prints: nothing else can say why the process ended."""
+        with self._state:
+            if self._stopped.is_set():  # released meanwhile: the error was our own close
+                return
+            line = f"runalways: {why} (lock {self.lock_name!r}); killing '{self.target.display}' to fence it\n"
+            os.write(2, line.encode(errors="replace"))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def release(self) -> None:
+        if self._forked:
+            return
+        with self._state:
+            self._stopped.set()
+        beating, self._beating = self._beating, None
+        if beating is not None:
+            beating.join(timeout=0.1)
+            if beating.is_alive():
+                # Stuck in a renewal on a dead network: end the connection from our side
+                # and let that renewal fail.
+                self._interrupt()
+                beating.join(timeout=1.0)
+            if beating.is_alive():  # closing the connection under it would free memory in use
+                self._abandon()
+        self._close()
+        with self._state:
+            if self._timer is not None:
+                self._timer.close()
+                self._timer = None
+        self.token = None
+        _untrack(self)
+
+    def _forget_after_fork(self) -> None:
+        self._forked = True
+        self.token = None
+        self._timer = None  # timers are not inherited; the id means nothing here
+        self._forget_session()
+
+    def child_environment(self) -> dict[str, str]:
+        return {} if self.token is None else {"RUNALWAYS_TOKEN": str(self.token)}
+
+
+def lease_ttl(text: str) -> float:
+    """RUNALWAYS_TTL in seconds."""
+    if not text.strip():
+        return DEFAULT_TTL
+    ttl = parse_seconds(text, "RUNALWAYS_TTL")
+    if ttl < MIN_TTL:
+        raise SettingError(
+            f"RUNALWAYS_TTL={text!r} is too short for a lease; "
+            f"use {MIN_TTL:g} seconds or more (default {DEFAULT_TTL:g})"
+        )
+    return ttl
+
+
+def unreachable_policy(text: str) -> bool:
+    """RUNALWAYS_UNREACHABLE: True to run without the lock when the server cannot be reached."""
+    value = text.strip().lower()
+    if value in ("", "fail"):
+        return False
+    if value == "run":
+        return True
+    raise SettingError(
+        f"RUNALWAYS_UNREACHABLE={text!r} is not a choice; use fail (do not run, exit 2: the default) "
+        "or run (run without the lock)"
+    )
+
+
+#: Leases this process holds: the fork handler forgets them in a child, and those whose
+#: lock outlives the process are released at exit.
+_holding: list[LeaseBackend] = []
+_handlers: set[str] = set()
+
+
+def _track(backend: LeaseBackend) -> None:
+    if "fork" not in _handlers and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _handlers.add("fork")
+    if backend.release_at_exit and "exit" not in _handlers:
+        import atexit
+
+        atexit.register(_release_at_exit)
+        _handlers.add("exit")
+    _holding.append(backend)
+
+
+def _untrack(backend: LeaseBackend) -> None:
+    if backend in _holding:
+        _holding.remove(backend)
+
+
+def _after_fork_in_child() -> None:
+    for backend in _holding:
+        backend._forget_after_fork()
+    _holding.clear()
+
+
+def _release_at_exit() -> None:
+    for backend in list(_holding):
+        if backend.release_at_exit:
+            backend.release()
