@@ -74,6 +74,18 @@ EXIT_STATUSES = {
     "completion": [("0", "the script was printed"), _USAGE_ERROR, _READER_GONE],
 }
 
+#: The reference documentation, which ``runalways --help`` points to (a test checks both ways).
+DOCS = (
+    ("docs/lock-files.md", "where lock files live, and why"),
+    ("docs/hung-jobs.md", "stale holders, heartbeats, deadlines, the record of skips"),
+    ("docs/backends.md", "what each backend's lock survives, and which to choose"),
+    ("docs/cluster.md", "one copy across many hosts: postgres and redis"),
+    ("docs/command-line.md", "run, status, list, backends, completion, exit statuses"),
+    ("docs/api.md", "runalways.api: guard(), lock(), heartbeat(), token()"),
+    ("docs/traps.md", "the traps other guards fall into"),
+    ("docs/benchmarks.md", "start-up and hand-over against the peers"),
+)
+
 #: How status names a lock of a kind /proc/locks lists.
 _LOCK_KINDS = {"FLOCK": "an flock", "POSIX": "a POSIX", "OFDLCK": "an OFD"}
 
@@ -127,8 +139,10 @@ def _parser() -> _Parser:
     parser = _Parser(
         prog="runalways",
         description="Make sure exactly one copy of a job runs.",
-        epilog="Settings also come from RUNALWAYS_* environment variables; see the README. "
-        "Each command's --help lists its exit statuses.",
+        epilog="Settings also come from RUNALWAYS_* environment variables (see the README).\n"
+        "Each command's --help lists its exit statuses.\n\nRead on, in the project's docs/:\n"
+        + "\n".join(f"  {path:<22} {about}" for path, about in DOCS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-V", "--version", action="version", version=f"runalways {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
