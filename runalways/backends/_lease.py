@@ -65,6 +65,19 @@ class LeaseBackend(Backend):
     #: The lock outlives its holder's process unless released (a key with an expiry):
     #: release it at a normal exit of the interpreter too.
     release_at_exit: ClassVar[bool] = False
+    #: The engine's client: (module, how people call it, the extra that installs it).
+    client: ClassVar[tuple[str, str, str]]
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if os.name == "nt":
+            return "no kernel timer to fence a lost lease with on Windows"
+        import importlib.util
+
+        module, called, extra = cls.client
+        if importlib.util.find_spec(module) is None:
+            return f"{called} is not installed: pip install 'runalways[{extra}]'"
+        return None
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)

@@ -128,15 +128,7 @@ class PostgresBackend(LeaseBackend):
         crash_release_seconds=1.0,
     )
 
-    @classmethod
-    def unavailable(cls) -> str | None:
-        if os.name == "nt":
-            return "no kernel timer to fence a lost lease with on Windows"
-        import importlib.util
-
-        if importlib.util.find_spec("psycopg") is None:
-            return "psycopg is not installed: pip install 'runalways[postgres]'"
-        return None
+    client = ("psycopg", "psycopg", "postgres")
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)

@@ -117,15 +117,7 @@ class RedisBackend(LeaseBackend):
     )
     settings = (*LeaseBackend.settings, "RUNALWAYS_REDIS_EVICTION")
 
-    @classmethod
-    def unavailable(cls) -> str | None:
-        if os.name == "nt":
-            return "no kernel timer to fence a lost lease with on Windows"
-        import importlib.util
-
-        if importlib.util.find_spec("redis") is None:
-            return "redis-py is not installed: pip install 'runalways[redis]'"
-        return None
+    client = ("redis", "redis-py", "redis")
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
