@@ -19,13 +19,14 @@ The conformance suite runs a few seconds of it for every backend
 
     python3 benchmarks/soak.py --seconds 300
 
-writes its table into benchmarks/SOAK.md (the cluster backends need RUNALWAYS_URL, or run
-against the servers the test suite starts: see the test).
+writes its table into benchmarks/SOAK.md; the cluster backends run against servers of their
+own on 127.0.0.1, started and stopped by the test suite's helpers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -34,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 #: The guarded job. argv: the record file, how long the body runs.
 JOB = """import runalways
@@ -253,6 +255,31 @@ def _check(report: Report, lines: list[str], ended: dict[int, float], started: f
     report.availability = covered / max(finished - started, 1e-9)
 
 
+#: The lease of the cluster backends in the soak: short, as in the test suite.
+LEASE_TTL = 3.0
+
+
+@contextlib.contextmanager
+def server_for(backend: str) -> Iterator[dict[str, str]]:
+    """The settings a backend needs: for a cluster backend, a server of its own that the test
+    suite's helpers start on 127.0.0.1 (and stop); nothing for the others."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    if backend == "postgres":
+        import pgserver
+
+        with pgserver.running(pgserver.required_bindir()) as server:
+            pgserver.wait_until_older_than(server.url, LEASE_TTL)
+            yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
+    elif backend == "redis":
+        import redisserver
+
+        with redisserver.running(redisserver.required_binary()) as server:
+            redisserver.wait_until_older_than(server.url, LEASE_TTL)
+            yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
+    else:
+        yield {}
+
+
 def main() -> int:
     from runalways.backends import get_class, names
 
@@ -261,18 +288,14 @@ def main() -> int:
     parser.add_argument("--backend", action="append", help="soak only this backend (repeatable)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("SOAK.md"))
     options = parser.parse_args()
-    chosen = options.backend or [
-        name
-        for name in names()
-        if get_class(name).unavailable() is None
-        and ("RUNALWAYS_URL" not in get_class(name).settings or os.environ.get("RUNALWAYS_URL"))
-    ]
+    chosen = options.backend or [name for name in names() if get_class(name).unavailable() is None]
     import tempfile
 
     rows = []
     for name in chosen:
-        with tempfile.TemporaryDirectory(prefix="runalways-soak-") as folder:
-            report = soak(name, options.seconds, Path(folder))
+        with tempfile.TemporaryDirectory(prefix="runalways-soak-") as folder, server_for(name) as settings:
+            longest_stop = 1.5 * LEASE_TTL if settings else 0.5
+            report = soak(name, options.seconds, Path(folder), settings, longest_stop=longest_stop)
         print(report.row(), flush=True)
         rows.append(report.row())
     options.out.write_text(
