@@ -141,7 +141,7 @@ class PostgresBackend(Backend):
         environ = os.environ
         self.ttl = _ttl(environ.get("RUNALWAYS_TTL", ""))
         self.run_when_unreachable = _unreachable_policy(environ.get("RUNALWAYS_UNREACHABLE", ""))
-        self.url = environ.get("RUNALWAYS_URL", "")
+        self.url = _checked_url(environ.get("RUNALWAYS_URL", ""))
         # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
         given = environ.get("RUNALWAYS_NAME", "").strip()
         self.lock_name = given if given and target.path is not None else target.name
@@ -430,6 +430,25 @@ class PostgresBackend(Backend):
 
 class _Unreachable(LockFailed):
     """No server to ask: the only failure RUNALWAYS_UNREACHABLE=run lets a copy run through."""
+
+
+def _checked_url(url: str) -> str:
+    """RUNALWAYS_URL, refused with one line when PostgreSQL cannot read it.
+
+    Checked before connecting: psycopg raises ProgrammingError for it, quoting the part
+    it could not read (an invalid percent-encoded token, an unclosed "[" of an IPv6
+    host), which may be the password. So the line says nothing of the text.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        raise SettingError(
+            "RUNALWAYS_URL is not a connection URL or string that PostgreSQL can read (its text is not "
+            "shown: it may hold a password); use postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    return url
 
 
 def _ttl(text: str) -> float:
