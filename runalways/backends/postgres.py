@@ -379,9 +379,12 @@ class PostgresBackend(Backend):
             # Put /dev/null where the socket was: the child's reference to the socket is
             # gone (the parent's exit still ends the session), and whatever libpq later
             # writes on that descriptor (its goodbye at garbage collection) goes nowhere.
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, conn.pgconn.socket, inheritable=False)
-            os.close(devnull)
+            # The descriptor of /dev/null was opened when the lock was taken: a child of a
+            # process whose descriptor table is full could not open one now.
+            if _devnull:
+                os.dup2(_devnull[0], conn.pgconn.socket, inheritable=False)
+            else:  # the table was full already then: at least drop the child's reference
+                os.close(conn.pgconn.socket)
 
     # -- for runalways run, status and messages --------------------------------------
 
@@ -487,12 +490,19 @@ def _shut_down(conn: Connection) -> None:
 #: Backends of this process holding a lock: the fork handler forgets them in a child.
 _holding: list[PostgresBackend] = []
 _fork_handler: list[bool] = []
+#: /dev/null, opened (close-on-exec) with the first lock: a fork child puts it where the socket was.
+_devnull: list[int] = []
 
 
 def _track(backend: PostgresBackend) -> None:
     if not _fork_handler and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_handler.append(True)
+    if not _devnull:
+        try:
+            _devnull.append(os.open(os.devnull, os.O_RDWR))
+        except OSError:
+            pass  # a full descriptor table: the child closes the socket's descriptor instead
     _holding.append(backend)
 
 
