@@ -16,7 +16,8 @@ never opened through a symbolic link (O_NOFOLLOW), and runalways never writes in
 file it did not create: the peers that did (tendo, Sys::RunAlone::User, filelock before
 CVE-2025-68146) let a planted symlink truncate any file the victim could write.
 
-**What.** ``key=value`` lines: ``pid``, ``start_ticks`` (field 22 of /proc/PID/stat),
+**What.** ``key=value`` lines: ``pid``, ``start_ticks`` (field 22 of /proc/PID/stat, as
+the initial time namespace sees it: ``_proc.boottime_offset_ticks``),
 ``boot_id`` (/proc/sys/kernel/random/boot_id), ``host``, ``uid``, ``started`` (epoch
 seconds the process started), ``script`` or ``name``, and ``token``, 128 random bits
 that make every pidfile ever written unique. The file appears with its full content at

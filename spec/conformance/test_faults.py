@@ -17,7 +17,7 @@ from pathlib import Path
 
 import fuzzing
 import pytest
-from harness import Outcome, Procs, as_nobody, finish, nobody_env
+from harness import Outcome, Procs, as_nobody, finish, nobody_env, wait_for_line
 from hypothesis import HealthCheck, given, settings
 
 #: Whole-process fuzz runs: each is an interpreter start, so far fewer than in-process.
@@ -190,6 +190,28 @@ def test_a_fork_with_a_full_descriptor_table_prints_no_traceback(procs: Procs, b
     outcome = procs.run_python(procs.script("forks.py", body))
     assert outcome.returncode == 0 and outcome.stdout == "ran\n", outcome
     assert outcome.stderr.count("\n") == 1 and "has been started at" in outcome.stderr, outcome
+
+
+def in_time_namespace(argv: list[str]) -> list[str]:
+    """``argv`` run in a new time namespace whose monotonic and boot-time clocks are a day ahead."""
+    return ["unshare", "--time", "--monotonic", "86400", "--boottime", "86400", *argv]
+
+
+@pytest.mark.clause("R14.3")
+@pytest.mark.parametrize("holder_inside", [True, False], ids=["holder-inside", "holder-outside"])
+def test_a_holder_in_another_time_namespace_keeps_a_start_out(procs: Procs, backend: str, holder_inside: bool) -> None:
+    # /proc/PID/stat shows a start time offset by the reader's time namespace: the pidfile
+    # backend took a holder in a container with a time namespace for a dead process, and a
+    # start outside ran beside it.
+    needs_root()
+    script = procs.script("job.py")
+    holding = [sys.executable, str(script)]
+    holder = procs.start(in_time_namespace(holding) if holder_inside else holding)
+    wait_for_line(holder, "ready")
+    second = procs.run(holding if holder_inside else in_time_namespace(holding))
+    assert second.returncode == 0 and second.stdout == "" and second.stderr == "", second
+    ended = finish(holder)
+    assert ended.returncode == 0 and ended.stderr.count("\n") == 1, ended
 
 
 @pytest.mark.clause("R14.1")
