@@ -6,6 +6,7 @@ backends' ``holder()`` use it.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from runalways.backends.base import Holder
@@ -106,6 +107,9 @@ def boot_time() -> float | None:
     return None
 
 
+#: errno values that say this process is short of something, not that the file is missing.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
 #: This process's boot-time offset in clock ticks, once read (it never changes).
 _offset: list[int] = []
 
@@ -150,7 +154,13 @@ def process_status(pid: int) -> tuple[str, int] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
-    except OSError:
+    except OSError as error:
+        if error.errno in _OUT_OF_RESOURCES:
+            # Not "no such process": a full descriptor table would make a live holder
+            # look dead, or /proc look missing.
+            from runalways.errors import LockFailed
+
+            raise LockFailed(f"cannot read /proc/{pid}/stat: {error.strerror}") from None
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     fields = raw[raw.rindex(b")") + 2 :].split()

@@ -132,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # error when Python flushes stdout at exit. Exit as a program killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
+    except OSError as error:
+        # The system refused something runalways needed (a descriptor, memory, a module
+        # file to import): one line, as for every other failure.
+        _policy.fail(_policy.system_failure(error))
 
 
 def _run(arguments: argparse.Namespace) -> int:

@@ -88,6 +88,18 @@ def test_a_read_only_lock_directory_is_one_line(procs: Procs, backend: str) -> N
     outcome, left = in_mount(procs, read_only, directory, JOB)
     assert ran_or_refused(outcome) == ("refused" if locks_a_file(backend) else "ran"), outcome
     assert left == ["user-file"] and (directory / "user-file").read_text() == "mine\n"
+    if not locks_a_file(backend):
+        return
+    # A lock file made by an earlier run is there: a backend that can lock it read-only
+    # runs (fcntl), the others refuse in one line; nothing in the directory changes.
+    script = procs.script("job.py", "print('ran')\n")
+    job = [sys.executable, str(script)]
+    private = {"RUNALWAYS_DIR": str(directory), "RUNALWAYS_LOCK": "private"}
+    assert procs.run(job, env=private).returncode == 0
+    before = {path.name: path.read_bytes() for path in directory.iterdir()}
+    outcome, left = in_mount(procs, read_only, directory, ["env", "RUNALWAYS_LOCK=private", *job])
+    ran_or_refused(outcome)
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == before
 
 
 @pytest.mark.clause("R14.2")
@@ -100,6 +112,31 @@ def test_a_descriptor_table_too_small_is_one_line_or_a_run(procs: Procs, backend
     for argv in ([*JOB], [sys.executable, str(script)]):
         outcome = finish(procs.start(["prlimit", f"--nofile={limit}:{limit}", *argv], env=lock))
         ran_or_refused(outcome)
+
+
+#: ``runalways run`` with every module it needs loaded, then every descriptor taken.
+_FULL_TABLE = """
+import os, resource, sys
+from runalways import cli
+from runalways.backends import get_class
+get_class(os.environ["RUNALWAYS_BACKEND"])  # the backend's module, loaded like the rest
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+taken = []
+try:
+    while True:
+        taken.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+sys.exit(cli.main(["run", "--name", "job", "--", "echo", "ran"]))
+"""
+
+
+@pytest.mark.clause("R14.2")
+def test_a_lock_file_that_cannot_be_opened_for_want_of_descriptors_is_one_line(procs: Procs, backend: str) -> None:
+    outcome = procs.run([sys.executable, "-c", _FULL_TABLE])
+    assert ran_or_refused(outcome) == "refused", outcome
+    assert "Too many open files" in outcome.stderr, outcome
+    assert not any((procs.workdir / "locks").iterdir())
 
 
 @pytest.mark.clause("R14.2")
