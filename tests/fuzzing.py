@@ -126,3 +126,17 @@ def environments() -> st.SearchStrategy[dict[str, str]]:
     # Mostly a backend that exists: an unknown one stops the parsing at the first setting.
     with_backend = st.builds(lambda env, name: {**env, "RUNALWAYS_BACKEND": name}, plain, st.sampled_from(names()))
     return st.one_of(plain, with_backend, with_backend, with_backend)
+
+
+@st.composite
+def command_lines(draw: st.DrawFn, command_to_run: list[str] | None = None) -> list[str]:
+    """A subcommand with some of its options, each given random text, then random arguments,
+    or for ``run``, ``--`` and ``command_to_run`` when one is given."""
+    commands = cli_options()
+    command = draw(st.sampled_from(sorted(commands)))
+    argv = [command]
+    for option, takes_value in draw(st.lists(st.sampled_from(commands[command] or [("--help", False)]), max_size=4)):
+        argv += [option, draw(texts())] if takes_value else [option]
+    if command == "run" and command_to_run is not None:
+        return [*argv, "--", *command_to_run]
+    return argv + draw(st.lists(texts(), max_size=3))

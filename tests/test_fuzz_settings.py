@@ -107,19 +107,8 @@ def test_any_keyword_of_the_api_is_a_setting_or_one_line(
         assert_one_line(error)
 
 
-@st.composite
-def command_lines(draw: st.DrawFn) -> list[str]:
-    """A subcommand with some of its options, each given random text, and random arguments."""
-    commands = fuzzing.cli_options()
-    command = draw(st.sampled_from(sorted(commands)))
-    argv = [command]
-    for option, takes_value in draw(st.lists(st.sampled_from(commands[command] or [("--help", False)]), max_size=4)):
-        argv += [option, draw(fuzzing.texts())] if takes_value else [option]
-    return argv + draw(st.lists(fuzzing.texts(), max_size=3))
-
-
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(command_lines())
+@given(fuzzing.command_lines())
 def test_any_command_line_parses_or_is_one_line_and_exit_2(argv: list[str]) -> None:
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):

@@ -33,7 +33,7 @@ def ran_or_refused(outcome: Outcome) -> str:
     if outcome.returncode == 0 and outcome.stdout == "ran\n":
         return "ran"
     errors = [line for line in outcome.stderr.splitlines() if "has been started at" not in line]
-    assert outcome.returncode == 2 and len(errors) == 1 and errors[0].startswith("runalways: "), outcome
+    assert outcome.returncode == 2 and len(errors) == 1 and errors[0].startswith("runalways"), outcome
     return "refused"
 
 
@@ -282,3 +282,33 @@ def test_fuzzed_settings_in_a_whole_process(fcntl_procs: Procs, shared_dir: Path
     if outcome.returncode == 0 and outcome.stdout == "":  # RUNALWAYS_SKIP, or a RETRY that found it held
         return
     ran_or_refused(outcome)
+
+
+@pytest.mark.clause("R14.1")
+@settings(
+    max_examples=FUZZ_RUNS // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(argv=fuzzing.command_lines(["echo", "ran"]), values=fuzzing.environments())
+def test_fuzzed_command_lines_in_a_whole_process(
+    fcntl_procs: Procs, shared_dir: Path, argv: list[str], values: dict[str, str]
+) -> None:
+    needs_root()
+    env = {**fcntl_procs.env(), **nobody_env(shared_dir), **values}
+    env["RUNALWAYS_URL"] = f"postgresql://user:{fuzzing.PASSWORD}@127.0.0.1:1/db"
+    process = subprocess.Popen(
+        as_nobody([sys.executable, "-m", "runalways", *argv]),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={os.fsencode(key): os.fsencode(value) for key, value in env.items()},
+        cwd=shared_dir,
+    )
+    fcntl_procs.started.append(process)
+    outcome = finish(process)
+    assert "Traceback" not in outcome.stderr and fuzzing.PASSWORD not in outcome.stderr + outcome.stdout, outcome
+    # The lock is free: the command runs (0), status says whether it runs (0 or 3), or one line and 2.
+    assert outcome.returncode in (0, 2, 3), outcome
+    if outcome.returncode == 2:
+        ran_or_refused(outcome)
