@@ -29,7 +29,7 @@ JOB = [sys.executable, "-m", "runalways", "run", "--name", "job", "--", "echo", 
 
 
 def ran_or_refused(outcome: Outcome) -> str:
-    """ "ran" or "refused" (one line, exit 2); anything else (a traceback, two lines) fails."""
+    """Whether the job ran or was refused (one line, exit 2); anything else (a traceback, two lines) fails."""
     assert "Traceback" not in outcome.stderr, outcome
     if outcome.returncode == 0 and outcome.stdout == "ran\n":
         return "ran"
