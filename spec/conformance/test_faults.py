@@ -59,6 +59,12 @@ def needs_root() -> None:
         pytest.fail("the fault cases mount file systems: run the suite as root, as CI does")
 
 
+def without_a_blank_lock_directory(values: dict[str, str]) -> dict[str, str]:
+    """``values`` without a blank RUNALWAYS_DIR, which counts as not set: the default lock
+    directory of nobody is in the machine's /dev/shm, where a test must leave nothing."""
+    return {key: value for key, value in values.items() if key != "RUNALWAYS_DIR" or value.strip()}
+
+
 #: Takes the named lock "job" and dies holding it (SIGKILL: no clean-up runs).
 _KILLED_HOLDER = "import os, runalways.api as api; api.lock(name='job').__enter__(); os.kill(os.getpid(), 9)"
 
@@ -279,7 +285,7 @@ def test_fuzzed_settings_in_a_whole_process(fcntl_procs: Procs, shared_dir: Path
     script = shared_dir / "fuzzed.py"
     if not script.exists():
         script.write_text("import runalways\nprint('ran')\n")
-    env = {**fcntl_procs.env(), **nobody_env(shared_dir), **values}
+    env = {**fcntl_procs.env(), **nobody_env(shared_dir), **without_a_blank_lock_directory(values)}
     env["RUNALWAYS_URL"] = f"postgresql://user:{fuzzing.PASSWORD}@127.0.0.1:1/db"  # nothing listens on port 1
     process = subprocess.Popen(
         as_nobody([sys.executable, str(script)]),
@@ -309,7 +315,7 @@ def test_fuzzed_command_lines_in_a_whole_process(
     fcntl_procs: Procs, shared_dir: Path, argv: list[str], values: dict[str, str]
 ) -> None:
     needs_root()
-    env = {**fcntl_procs.env(), **nobody_env(shared_dir), **values}
+    env = {**fcntl_procs.env(), **nobody_env(shared_dir), **without_a_blank_lock_directory(values)}
     env["RUNALWAYS_URL"] = f"postgresql://user:{fuzzing.PASSWORD}@127.0.0.1:1/db"
     process = subprocess.Popen(
         as_nobody([sys.executable, "-m", "runalways", *argv]),
