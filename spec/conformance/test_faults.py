@@ -22,7 +22,7 @@ from harness import Outcome, Procs, as_nobody, finish, nobody_env, wait_for_line
 from hypothesis import HealthCheck, given, settings
 
 #: Whole-process fuzz runs: each is an interpreter start, so far fewer than in-process.
-FUZZ_RUNS = 60
+FUZZ_RUNS = 100
 
 #: The job every fault case starts: a named lock, so the lock file is in RUNALWAYS_DIR.
 JOB = [sys.executable, "-m", "runalways", "run", "--name", "job", "--", "echo", "ran"]
