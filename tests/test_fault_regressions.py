@@ -64,3 +64,22 @@ def test_a_module_that_cannot_be_loaded_for_want_of_descriptors_is_one_line(tmp_
     assert done.returncode == 2 and "Traceback" not in done.stderr, done
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("runalways: "), done
     assert "Too many open files" in done.stderr, done
+
+
+def test_a_truncated_private_pidfile_is_taken_over(tmp_path: Path) -> None:
+    # With RUNALWAYS_LOCK=private the pidfile backend took its own truncated pidfile for a
+    # file the user named, and refused every later start: "remove it".
+    script = tmp_path / "job.py"
+    script.write_text("import runalways\nprint('ran')\n")
+    locks = tmp_path / "locks"
+    locks.mkdir(mode=0o700)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RUNALWAYS_")}
+    env.update(RUNALWAYS_DIR=str(locks), RUNALWAYS_BACKEND="pidfile", RUNALWAYS_LOCK="private")
+    status = subprocess.run(
+        [sys.executable, "-m", "runalways", "status", str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    pidfile = Path(status.stdout.split("lock file: ")[1].strip())
+    pidfile.write_bytes(b"")
+    os.utime(pidfile, (0, 0))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout == "ran\n", done

@@ -334,9 +334,11 @@ class PidfileBackend(Backend):
             verdict, _ = judge(seen)
             if verdict != STALE:
                 return False
-            if seen.fields is None and self.target.create and self.target.path is not None:
+            if seen.fields is None and self.target.create and not self.target.disposable:
                 # A file the user named that is not a pidfile may be anything: never
                 # delete it (filelock #29 deleted user data by unlinking "lock files").
+                # One runalways named itself (RUNALWAYS_LOCK=private) is its own: a
+                # truncated one is taken over, as at the default place.
                 raise LockFailed(f"{path!r} exists and is not a pidfile runalways wrote: remove it or choose another")
             if self._remove(path, seen) == BUSY:
                 return False

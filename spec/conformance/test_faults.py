@@ -186,6 +186,14 @@ def test_a_script_deleted_while_its_holder_runs(procs: Procs, backend: str) -> N
     assert status.returncode == 2 and status.stderr.count("\n") == 1, status
 
 
+def lock_files(procs: Procs, script: Path, env: dict[str, str]) -> list[Path]:
+    """The lock file of ``script`` under ``env``, as ``runalways status`` names it (none for a
+    backend that locks a name). It may not exist: the pidfile backend removes its file at exit."""
+    status = procs.run([sys.executable, "-m", "runalways", "status", str(script)], env=env)
+    prefix = "  lock file: "
+    return [Path(line[len(prefix) :]) for line in status.stdout.splitlines() if line.startswith(prefix)]
+
+
 @pytest.mark.clause("R14.2")
 @pytest.mark.parametrize("content", [b"", b"\x00\xff garbage\n" * 50, b"pid=1\n"])
 def test_a_lock_file_truncated_or_full_of_garbage_is_taken_over(procs: Procs, backend: str, content: bytes) -> None:
@@ -194,7 +202,9 @@ def test_a_lock_file_truncated_or_full_of_garbage_is_taken_over(procs: Procs, ba
     env = {"RUNALWAYS_LOCK": "private"} if locks_a_file(backend) else {}
     first = procs.run([sys.executable, str(script)], env=env)
     assert first.returncode == 0 and first.stdout == "ran\n", first
-    for lock_file in (procs.workdir / "locks").iterdir():
+    damaged = lock_files(procs, script, env)
+    assert len(damaged) == int(locks_a_file(backend)), damaged
+    for lock_file in damaged:
         lock_file.write_bytes(content)
         hour_ago = lock_file.stat().st_mtime - 3600
         os.utime(lock_file, (hour_ago, hour_ago))
@@ -213,7 +223,9 @@ def test_a_lock_file_written_before_the_clock_was_stepped_back_is_taken_over(pro
     # A backend that locks a name keeps no lock file: nothing to damage, and it still runs.
     env = {"RUNALWAYS_LOCK": "private"} if locks_a_file(backend) else {}
     assert procs.run([sys.executable, str(script)], env=env).returncode == 0
-    for lock_file in (procs.workdir / "locks").iterdir():
+    damaged = lock_files(procs, script, env)
+    assert len(damaged) == int(locks_a_file(backend)), damaged
+    for lock_file in damaged:
         lock_file.write_bytes(b"")
     stepped_back = [faketime, "-f", "-1h", sys.executable, str(script)]
     outcome = procs.run(stepped_back, env={**env, "NO_FAKE_STAT": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
