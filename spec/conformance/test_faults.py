@@ -211,6 +211,17 @@ def test_a_lock_file_truncated_or_full_of_garbage_is_taken_over(procs: Procs, ba
     again = procs.run([sys.executable, str(script)], env=env)
     assert ran_or_refused(again) == "ran", again
     assert (procs.workdir / "job.py").read_text() == "import runalways\nprint('ran')\n"
+    # The same content in a file the user named as the lock: runalways locks it or refuses
+    # it in one line (the pidfile backend would have to replace it; postgres locks a name),
+    # and never changes it.
+    named = procs.workdir / "named" / "user.lock"
+    named.parent.mkdir(mode=0o700)
+    named.write_bytes(content)
+    os.utime(named, (0, 0))  # old: not a file being written this moment
+    outcome = procs.run([sys.executable, str(script)], env={"RUNALWAYS_LOCK": str(named)})
+    kernel_lock = locks_a_file(backend) and backend != "pidfile"
+    assert ran_or_refused(outcome) == ("ran" if kernel_lock else "refused"), outcome
+    assert named.read_bytes() == content
 
 
 @pytest.mark.clause("R14.3")
