@@ -333,9 +333,19 @@ def guard_import(policy: str, module: str, frame: "FrameType") -> None:
         # a module costs each cron start, and this one is not needed when nothing fails.
         from runalways.errors import RunAlwaysError
 
+        if isinstance(error, OSError) and not interactive():
+            fail(system_failure(error))
         if not isinstance(error, RunAlwaysError) or interactive():
             raise
         fail(str(error))
+
+
+def system_failure(error: "OSError") -> str:
+    """One line for an OSError nothing more specific caught: a full descriptor table while
+    loading a backend's module, say. The guard runs before the script's own code, so it is
+    the environment's, never the script's."""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"the system refused what runalways needed to check the lock: {error.strerror or error}{where}"
 
 
 def _say(line: str) -> None:

@@ -6,6 +6,7 @@ backends' ``holder()`` use it.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from runalways.backends.base import Holder
@@ -106,6 +107,37 @@ def boot_time() -> float | None:
     return None
 
 
+#: errno values that say this process is short of something, not that the file is missing.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+#: This process's boot-time offset in clock ticks, once read (it never changes).
+_offset: list[int] = []
+
+
+def boottime_offset_ticks() -> int:
+    """The boot-time offset of this process's time namespace, in clock ticks (0 outside one).
+
+    /proc/PID/stat gives a start time as the *reader's* time namespace sees it (Linux adds
+    the reader's boot-time offset), so a holder in a container with a time namespace and
+    a start outside it read two start times of one process, and a pidfile would seem to
+    name another process. Start ticks are therefore kept as the initial namespace sees
+    them: what /proc says, less the reader's own offset (exact for offsets in whole ticks,
+    as ``unshare --boottime`` sets them).
+    """
+    if not _offset:
+        ticks = 0
+        try:
+            with open("/proc/self/timens_offsets") as offsets:
+                for line in offsets:
+                    clock, seconds, nanoseconds = line.split()
+                    if clock == "boottime":
+                        ticks = (int(seconds) * 10**9 + int(nanoseconds)) * os.sysconf("SC_CLK_TCK") // 10**9
+        except (OSError, ValueError):
+            pass  # no time namespaces (before Linux 5.6): no offset
+        _offset.append(ticks)
+    return _offset[0]
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks after boot (field 22 of /proc/PID/stat)."""
     status = process_status(pid)
@@ -115,22 +147,30 @@ def start_ticks(pid: int) -> int | None:
 def process_status(pid: int) -> tuple[str, int] | None:
     """``(state, start ticks)`` of ``pid`` (fields 3 and 22 of /proc/PID/stat), or None.
 
+    The start ticks are those the initial time namespace sees (boottime_offset_ticks).
+
     State "Z" is a zombie: dead, though its pid is not free yet.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
-    except OSError:
+    except OSError as error:
+        if error.errno in _OUT_OF_RESOURCES:
+            # Not "no such process": a full descriptor table would make a live holder
+            # look dead, or /proc look missing.
+            from runalways.errors import LockFailed
+
+            raise LockFailed(f"cannot read /proc/{pid}/stat: {error.strerror}") from None
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[19])
+    return fields[0].decode(), int(fields[19]) - boottime_offset_ticks()
 
 
 def start_epoch(ticks: int) -> float | None:
     """Epoch seconds of a process start given in clock ticks after boot."""
-    booted = boot_time()
-    return None if booted is None else booted + ticks / os.sysconf("SC_CLK_TCK")
+    booted = boot_time()  # as this time namespace sees it: add back its offset
+    return None if booted is None else booted + (ticks + boottime_offset_ticks()) / os.sysconf("SC_CLK_TCK")
 
 
 def boot_id() -> str | None:

@@ -102,6 +102,21 @@ def _seconds(text: str) -> "float | None":
     return seconds if 0 <= seconds < float("inf") else None
 
 
+def _whole_number(text: str, digits: int) -> "int | None":
+    """``text`` as a whole number of at most ``digits`` significant decimal digits, else None.
+
+    ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses, and
+    int() refuses more than 4300 digits; a bound keeps counts and times finite floats.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > digits:
+        return None
+    return int(text)
+
+
+#: Significant digits of a retry count: any more and N*S stops being a finite float of seconds.
+RETRY_DIGITS = 15
+
+
 def parse_retry(value: "RetryValue", where: str) -> "Retry | None":
     """``N`` or ``N,S``: try N more times, S seconds apart (S defaults to 1), as Sys::RunAlone."""
     if value is None:
@@ -111,14 +126,14 @@ def parse_retry(value: "RetryValue", where: str) -> "Retry | None":
     else:
         text = str(value)
     count_text, comma, pause_text = text.partition(",")
-    count_text = count_text.strip()
+    count = _whole_number(count_text.strip(), RETRY_DIGITS)
     pause = _seconds(pause_text) if comma else 1.0
-    if not count_text.isdigit() or pause is None or pause <= 0:
+    if count is None or pause is None or pause <= 0:
         raise _invalid(
             f"{where}={text!r} is not a retry count; use N or N,S "
             "(try N more times, S seconds apart; for example 3 or 5,0.5)"
         )
-    return int(count_text), pause
+    return count, pause
 
 
 def parse_choice(text: str, where: str, choices: tuple[str, ...]) -> str:
@@ -129,10 +144,10 @@ def parse_choice(text: str, where: str, choices: tuple[str, ...]) -> str:
 
 
 def parse_exit_code(text: str, where: str) -> int:
-    value = text.strip()
-    if not value.isdigit() or int(value) > 255:
+    value = _whole_number(text.strip(), 3)
+    if value is None or value > 255:
         raise _invalid(f"{where}={text!r} is not an exit status; use a whole number from 0 to 255")
-    return int(value)
+    return value
 
 
 def parse_skip(text: str, where: str) -> int:

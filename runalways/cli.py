@@ -92,8 +92,13 @@ _LOCK_KINDS = {"FLOCK": "an flock", "POSIX": "a POSIX", "OFDLCK": "an OFD"}
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One line, not argparse's usage block: cron mails and logs stay readable."""
-        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+        """One line, not argparse's usage block: cron mails and logs stay readable.
+
+        argparse quotes the arguments it refuses as given: a newline or a terminal escape
+        sequence in one is shown escaped, so that the line stays one line and says what it was.
+        """
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(2, f"{self.prog}: {shown} (see '{self.prog} --help')\n")
 
 
 def _seconds(text: str) -> float:
@@ -267,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # error when Python flushes stdout at exit. Exit as a program killed by SIGPIPE.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return READER_GONE
+    except OSError as error:
+        # The system refused something runalways needed (a descriptor, memory, a module
+        # file to import): one line, as for every other failure.
+        _policy.fail(_policy.system_failure(error))
 
 
 def _run(arguments: argparse.Namespace) -> int:

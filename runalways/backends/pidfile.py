@@ -16,7 +16,8 @@ never opened through a symbolic link (O_NOFOLLOW), and runalways never writes in
 file it did not create: the peers that did (tendo, Sys::RunAlone::User, filelock before
 CVE-2025-68146) let a planted symlink truncate any file the victim could write.
 
-**What.** ``key=value`` lines: ``pid``, ``start_ticks`` (field 22 of /proc/PID/stat),
+**What.** ``key=value`` lines: ``pid``, ``start_ticks`` (field 22 of /proc/PID/stat, as
+the initial time namespace sees it: ``_proc.boottime_offset_ticks``),
 ``boot_id`` (/proc/sys/kernel/random/boot_id), ``host``, ``uid``, ``started`` (epoch
 seconds the process started), ``script`` or ``name``, and ``token``, 128 random bits
 that make every pidfile ever written unique. The file appears with its full content at
@@ -107,6 +108,9 @@ REQUIRED = ("pid", "start_ticks", "boot_id", "host", "token")
 #: Seconds a malformed pidfile counts as held (its writer may still be at work).
 MALFORMED_GRACE = 2.0
 
+#: The largest pid kill() takes (a C int); Linux's own limit is far below it.
+MAX_PID = 2**31 - 1
+
 #: Levels of claims on claims a starter breaks before it gives up (each level needs a
 #: process killed inside the claim window of the level below).
 CLAIM_DEPTH = 3
@@ -171,8 +175,11 @@ def parse(raw: bytes) -> Fields | None:
         fields[key] = value
     if any(key not in fields for key in REQUIRED):
         return None
-    if not (fields["pid"].isdigit() and int(fields["pid"]) > 0 and fields["start_ticks"].isdigit()):
-        return None  # pid 0 would make kill(0, 0) ask about our own process group
+    pid = fields["pid"]
+    # pid 0 would make kill(0, 0) ask about our own process group; a pid past a C int
+    # makes kill() raise OverflowError (and past 4300 digits int() raises ValueError).
+    if not (pid.isdigit() and len(pid) <= 10 and 0 < int(pid) <= MAX_PID and fields["start_ticks"].isdigit()):
+        return None
     return fields
 
 
@@ -226,7 +233,10 @@ def judge(seen: Seen) -> tuple[str, str]:
     """(LIVE, STALE, UNKNOWN or FOREIGN, why) for the pidfile or claim ``seen``."""
     fields = seen.fields
     if fields is None:
-        if seen.age < MALFORMED_GRACE:
+        # Its age either way: after the clock was stepped back, a file written before the
+        # step seems to come from the future, and would count as being written for as
+        # long as the step was.
+        if abs(seen.age) < MALFORMED_GRACE:
             return UNKNOWN, "not in runalways's format, and written in the last seconds"
         return STALE, f"not in runalways's format, and {seen.age:.0f} s old"
     here = me()
@@ -324,9 +334,11 @@ class PidfileBackend(Backend):
             verdict, _ = judge(seen)
             if verdict != STALE:
                 return False
-            if seen.fields is None and self.target.create and self.target.path is not None:
+            if seen.fields is None and self.target.create and not self.target.disposable:
                 # A file the user named that is not a pidfile may be anything: never
                 # delete it (filelock #29 deleted user data by unlinking "lock files").
+                # One runalways named itself (RUNALWAYS_LOCK=private) is its own: a
+                # truncated one is taken over, as at the default place.
                 raise LockFailed(f"{path!r} exists and is not a pidfile runalways wrote: remove it or choose another")
             if self._remove(path, seen) == BUSY:
                 return False

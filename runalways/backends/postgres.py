@@ -57,7 +57,7 @@ import time
 
 from runalways.backends._lease import BEATS_PER_TTL, LeaseBackend, Unreachable
 from runalways.backends.base import Capabilities, Holder, Target
-from runalways.errors import LockFailed
+from runalways.errors import LockFailed, SettingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class PostgresBackend(LeaseBackend):
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
+        self.url = _checked_url(self.url)
         self.key = lock_key(self.lock_name)
         self._conn: Connection | None = None
 
@@ -255,6 +256,7 @@ class PostgresBackend(LeaseBackend):
         """Take the token and the server's age, then hold the lease."""
         import psycopg
 
+        _keep_devnull()
         from runalways._fence import now
 
         xid = "pg_current_xact_id()" if conn.info.server_version >= 130000 else "txid_current()"
@@ -306,9 +308,12 @@ class PostgresBackend(LeaseBackend):
             # Put /dev/null where the socket was: the child's reference to the socket is
             # gone (the parent's exit still ends the session), and whatever libpq later
             # writes on that descriptor (its goodbye at garbage collection) goes nowhere.
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, conn.pgconn.socket, inheritable=False)
-            os.close(devnull)
+            # The descriptor of /dev/null was opened when the lock was taken: a child of a
+            # process whose descriptor table is full could not open one now.
+            if _devnull:
+                os.dup2(_devnull[0], conn.pgconn.socket, inheritable=False)
+            else:  # the table was full already then: at least drop the child's reference
+                os.close(conn.pgconn.socket)
 
     # -- for runalways run, status and messages --------------------------------------
 
@@ -352,9 +357,44 @@ class PostgresBackend(LeaseBackend):
         return f"{what} at {host}:{port}/{database}: {reason}"
 
 
+def _keep_devnull() -> None:
+    """Open /dev/null (close-on-exec) with the first lock: a fork child puts it where the socket was.
+
+    A child of a process whose descriptor table is full could not open it then.
+    """
+    if not _devnull:
+        try:
+            _devnull.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+        except OSError:
+            pass  # a full descriptor table: the child closes the socket's descriptor instead
+
+
+def _checked_url(url: str) -> str:
+    """RUNALWAYS_URL, refused with one line when PostgreSQL cannot read it.
+
+    Checked before connecting: psycopg raises ProgrammingError for it, quoting the part
+    it could not read (an invalid percent-encoded token, an unclosed "[" of an IPv6
+    host), which may be the password. So the line says nothing of the text.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        raise SettingError(
+            "RUNALWAYS_URL is not a connection URL or string that PostgreSQL can read (its text is not "
+            "shown: it may hold a password); use postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    return url
+
+
 def _shut_down(conn: Connection) -> None:
     try:
         with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+#: /dev/null, opened with the first lock (_keep_devnull).
+_devnull: list[int] = []
