@@ -381,11 +381,15 @@ def _supervise(
         )
     except OSError as error:
         # Found and executable, yet exec failed: the interpreter its #! line names is not
-        # found (ENOENT: 127, as env(1) says), or it is not a program (ENOEXEC: 126).
+        # found (ENOENT: 127, as env(1) says), or it is not a program (ENOEXEC and the
+        # like: 126). A resource the system refused runalways (EMFILE, ENOMEM, EAGAIN: no
+        # descriptor or process to start it with) says nothing of the command: status 2.
         import errno
 
         if error.errno == errno.ENOENT:
             _policy.fail(f"cannot run {shown!r}: the interpreter its #! line names is not found", NOT_FOUND)
+        if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN):
+            _policy.fail(f"cannot start {shown!r}: the system refused a resource to start it with: {error.strerror}")
         _policy.fail(f"cannot run {shown!r}: found, but not a program ({error.strerror})", CANNOT_RUN)
     for signum in pending:
         child[0].send_signal(signum)
