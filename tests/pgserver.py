@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 #: Seconds the server may take to start or stop before the fixture gives up.
 STARTUP_TIMEOUT = 30.0
@@ -64,12 +64,31 @@ def server_uptime(url: str) -> float:
 
 
 def wait_until_older_than(url: str, seconds: float) -> None:
-    """A server younger than the lease makes every new holder wait out the restart grace: let it age."""
+    wait_until_aged(lambda: server_uptime(url), seconds)
+
+
+def wait_until_aged(uptime: Callable[[], float], seconds: float) -> None:
+    """A server younger than the lease makes every new holder wait out the restart grace: let it age.
+
+    ``uptime`` asks the server its age (each engine's own way); shared with redisserver.
+    """
     deadline = time.monotonic() + seconds + STARTUP_TIMEOUT
-    while (uptime := server_uptime(url)) < seconds:
+    while (age := uptime()) < seconds:
         if time.monotonic() > deadline:
             raise RuntimeError("the test server's clock does not advance")
-        time.sleep(min(seconds - uptime, 0.5) + 0.01)
+        time.sleep(min(seconds - age, 0.5) + 0.01)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, signum: int) -> None:
+    """``signum`` to a server we started, SIGKILL if it hangs; reaped either way (shared with redisserver)."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=STARTUP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STARTUP_TIMEOUT)
 
 
 def free_port() -> int:
@@ -176,14 +195,7 @@ class Server:
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster we started), SIGKILL if it hangs."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=STARTUP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STARTUP_TIMEOUT)
+        stop_process(process, signal.SIGINT)
 
     def restart(self) -> None:
         self.stop()

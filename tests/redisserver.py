@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from pgserver import free_port
+from pgserver import free_port, stop_process, wait_until_aged
 
 #: Seconds the server may take to start or stop before the fixture gives up.
 STARTUP_TIMEOUT = 30.0
@@ -107,14 +107,7 @@ class Server:
     def stop(self) -> None:
         """SIGTERM to the server we started (no persistence: it just exits), SIGKILL if it hangs."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STARTUP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STARTUP_TIMEOUT)
+        stop_process(process, signal.SIGTERM)
 
     def restart(self) -> None:
         self.stop()
@@ -134,12 +127,7 @@ def uptime(url: str) -> float:
 
 
 def wait_until_older_than(url: str, seconds: float) -> None:
-    """A server younger than the lease makes every new holder wait out the restart grace: let it age."""
-    deadline = time.monotonic() + seconds + STARTUP_TIMEOUT
-    while (age := uptime(url)) < seconds:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server's clock does not advance")
-        time.sleep(min(seconds - age, 0.5) + 0.01)
+    wait_until_aged(lambda: uptime(url), seconds)
 
 
 @contextlib.contextmanager
