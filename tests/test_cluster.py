@@ -184,7 +184,12 @@ class Jobs:
 
     def env(self, url: str | None = None, **extra: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("RUNALWAYS_", "PG"))}
+        # Heartbeats of a copy that took the lock after a wait go to the lock directory:
+        # one of the test's own, never the home of the user running the suite.
+        locks = self.workdir / "locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
         env.update(
+            RUNALWAYS_DIR=str(locks),
             RUNALWAYS_BACKEND=self.engine.backend,
             RUNALWAYS_URL=url or self.url,
             RUNALWAYS_TTL=str(TTL),
