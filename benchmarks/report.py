@@ -266,18 +266,25 @@ def _startup_section(results: Results) -> list[str]:
             lines.append(f"| {guard.label} | not measured: {guard.skipped} | | | | | | |")
     lines += ["", "![start-up overhead](startup.png)", ""]
     default = _default_key(results)
-    ours = next((r for r in results.startup if r.guard.key == default and r.import_tree), None)
-    if ours is not None:
+    # The default guard, and the same guard at the --baseline revision: before and after.
+    measured = [
+        result
+        for result in results.startup
+        if result.import_tree and (result.guard.key == default or result.guard.key.startswith("runalways-at-"))
+    ]
+    for result in sorted(measured, key=lambda result: result.guard.key != default):
+        ours = sum(1 for name in result.import_tree if name.split(".")[0] == "runalways")
         lines += [
-            "### What `import runalways` imports (default backend)",
+            f"### What `import runalways` imports: {result.guard.label}",
             "",
             "Every module the guard's import loads, as `-X importtime` prints them (a module after the "
-            f"modules it imports; indentation = depth); median µs of {len(ours.import_sums)} runs.",
+            f"modules it imports; indentation = depth); median µs of {len(result.import_sums)} runs; "
+            f"{ours} of them runalways's own.",
             "",
             "| module | self µs | cumulative µs |",
             "|---|---|---|",
         ]
-        for name, runs in ours.import_tree.items():
+        for name, runs in result.import_tree.items():
             depth = runs[0][2]
             own = ph.median([run[0] for run in runs])
             cumulative = ph.median([run[1] for run in runs])

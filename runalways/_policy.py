@@ -28,19 +28,22 @@ that line would load nothing; the guard runs at the first load instead. And a pa
 tool's ``__main__`` is a generated launcher: the plain ``import runalways`` of the module
 it imports its entry point from guards the tool (``_tool_launched``).
 
-The statement is read from the importing frame: the instruction it is executing is the
-IMPORT_NAME of the statement, whose operand names the module and whose preceding
-constant is the ``from`` list.
+A plain start (the main script's own ``import runalways``, no setting) never gets here:
+``runalways/__init__.py`` decides it alone, and hands this module every other start. The
+import statement is read by that module's reader (its home is the package itself, as
+the one module a plain start loads), and decoded with dis only where it cannot read it.
 
-Every cron start runs this module, so it is one module rather than two, imports the
-settings parsers and the errors only when a setting is given or something fails, and
-quotes its annotations rather than import ``__future__`` (about 0.1 ms a start each).
+This module imports the settings parsers and the errors only when a setting is given or
+something fails, and quotes its annotations rather than import ``__future__`` (about
+0.1 ms a start each).
 """
 
 import os
 import sys
 import time
 
+from runalways import _importer as importer
+from runalways import _read_import, _read_statement, _this_layout
 from runalways.backends import default_name, get
 from runalways.backends.base import Target
 
@@ -53,7 +56,6 @@ if TYPE_CHECKING:
     from runalways.backends.base import Backend, Holder
 
     Statement = Tuple[str, Optional[Tuple[str, ...]]]
-    Layout = Tuple[int, int, int, int]
 
 ALWAYS = "always"
 ALONE = "alone"
@@ -362,83 +364,14 @@ def fail(message: str, status: int = 2) -> "NoReturn":
 # Who imported runalways, and which file is the main script.
 
 
-def importer(frame: "FrameType") -> "FrameType | None":
-    """The frame whose import statement is running the module of ``frame``."""
-    caller = frame.f_back
-    while caller is not None and caller.f_code.co_filename.startswith("<frozen importlib"):
-        caller = caller.f_back
-    return caller
-
-
-#: How CPython compiles an import statement, for the versions whose layout is known:
-#: (IMPORT_NAME, the LOAD_CONST of the from-list, the opcode loading the level, how far
-#: IMPORT_NAME's operand is shifted left of the name index). tests/test_main_script.py
-#: checks the row of the running version against its own ``opcode`` module. Other
-#: versions learn the layout from a compiled probe (_probed_layout).
-_LAYOUTS: "Dict[Tuple[int, int], Layout]" = {
-    (3, 9): (108, 100, 100, 0),
-    (3, 10): (108, 100, 100, 0),
-    (3, 11): (108, 100, 100, 0),
-    (3, 12): (108, 100, 100, 0),
-    (3, 13): (75, 83, 83, 0),
-}
-
-#: The running interpreter's layout once looked up; () when it has none the fast path reads.
-_layout: "Layout | Tuple[()] | None" = None
-
-
 def import_statement(frame: "FrameType") -> "Statement | None":
-    """``(module name, from-list)`` of the import statement ``frame`` is executing."""
-    global _layout
-    if _layout is None:
-        _layout = _LAYOUTS.get(sys.version_info[:2]) or _probed_layout() or ()
-    # The fast path reads the three instructions of an ordinary statement; anything else
-    # (operands of 256 and more, an unknown layout) is decoded with dis: correct, but
-    # importing dis alone costs several milliseconds, so never for an ordinary script.
-    statement = _read_statement(frame.f_code, frame.f_lasti, _layout) if _layout else None
-    return statement if statement is not None else _decoded_statement(frame)
+    """``(module name, from-list)`` of the import statement ``frame`` is executing.
 
-
-def _read_statement(code: "CodeType", at: int, layout: "Layout") -> "Statement | None":
-    """The statement whose IMPORT_NAME is at offset ``at``, if it is laid out as ``layout`` says.
-
-    An EXTENDED_ARG before the from-list's LOAD_CONST or before IMPORT_NAME stands where
-    the level or the LOAD_CONST would, so operands of 256 and more never match.
+    Read as the plain start reads it; anything that reader cannot read (operands of 256
+    and more, an unknown layout) is decoded with dis: correct, but importing dis alone
+    costs several milliseconds, so never for an ordinary script.
     """
-    import_name, load_const, load_level, shift = layout
-    raw = code.co_code
-    if at >= 4 and raw[at] == import_name and raw[at - 2] == load_const and raw[at - 4] == load_level:
-        return code.co_names[raw[at + 1] >> shift], code.co_consts[raw[at - 1]]
-    return None
-
-
-#: Compiled once on a version the table does not know: the layout is read off its bytecode.
-_PROBE = "import a\nfrom b import c\n"
-
-
-def _probed_layout() -> "Layout | None":
-    """The layout of this interpreter, learnt from the bytecode of :data:`_PROBE`.
-
-    About 30 microseconds, where importing ``opcode`` for the numbers costs about a
-    millisecond and ``dis`` several. Whatever the numbers, the layout is used only if it
-    reads both statements of the probe back exactly; if none does, dis decodes.
-    From 3.14 the level is loaded by LOAD_SMALL_INT, and from 3.15 IMPORT_NAME's operand
-    carries flags in its low bits (lazy imports): the probe learns both.
-    """
-    code = compile(_PROBE, "<runalways probe>", "exec", dont_inherit=True)
-    raw = code.co_code
-    for at in range(4, len(raw) - 1, 2):
-        if raw[at - 1] >= len(code.co_consts) or code.co_consts[raw[at - 1]] != ("c",):
-            continue
-        # The name "b" has index 1, so IMPORT_NAME's operand is 1 << shift, plus flags below it.
-        layout = (raw[at], raw[at - 2], raw[at - 4], max(raw[at + 1].bit_length() - 1, 0))
-        try:
-            found = [_read_statement(code, offset, layout) for offset in range(0, len(raw), 2)]
-        except IndexError:  # not the layout: an operand that is no index into the names
-            continue
-        if [statement for statement in found if statement is not None] == [("a", None), ("b", ("c",))]:
-            return layout
-    return None
+    return _read_import(frame) or _decoded_statement(frame)
 
 
 def _decoded_statement(frame: "FrameType") -> "Statement | None":
@@ -448,12 +381,32 @@ def _decoded_statement(frame: "FrameType") -> "Statement | None":
     return None
 
 
-def _import_statements(code: "CodeType") -> "Iterator[tuple[int, int, Statement]]":
-    """``(start, offset, (module name, from-list))`` of every import statement in ``code``, decoded with dis.
+def _import_statements(code: "CodeType") -> "list[tuple[int, int, Statement]]":
+    """``(start, offset, (module name, from-list))`` of every import statement in ``code``.
 
     ``start`` is where the instruction's EXTENDED_ARG prefixes begin: Python 3.9 and 3.10
-    point ``f_lasti`` there, later versions at the IMPORT_NAME itself (``offset``).
+    point ``f_lasti`` there, later versions at the IMPORT_NAME itself (``offset``). Read
+    as the plain start reads one statement when every statement in ``code`` is laid out
+    so (``import runalways.alone`` would otherwise cost every start of its script the
+    milliseconds of importing dis), and decoded with dis when one is not.
     """
+    layout = _this_layout()
+    if layout:
+        raw, found = code.co_code, []
+        # Instructions (and the caches after some, opcode 0) are two bytes from 3.6 on,
+        # so every even offset holds an opcode: no operand is taken for an IMPORT_NAME.
+        for offset in range(0, len(raw), 2):
+            if raw[offset] == layout[0]:
+                statement = _read_statement(code, offset, layout)
+                if statement is None:
+                    break
+                found.append((offset, offset, statement))
+        else:
+            return found
+    return list(_decoded_import_statements(code))
+
+
+def _decoded_import_statements(code: "CodeType") -> "Iterator[tuple[int, int, Statement]]":
     import dis
 
     fromlist = None  # the constant loaded just before each IMPORT_NAME

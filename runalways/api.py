@@ -34,6 +34,7 @@ import os
 import sys
 from contextlib import contextmanager
 
+import runalways
 from runalways import _policy
 from runalways._lockdir import lock_file_target
 from runalways.backends.base import Backend, Holder, Target
@@ -53,6 +54,7 @@ __all__ = [
     "guard",
     "handover",
     "heartbeat",
+    "held",
     "lock",
     "target",
     "token",
@@ -123,7 +125,7 @@ def guard(
         stale_after=stale_after,
     )
     wanted = target(path, name, chosen)
-    for holding in _policy.held:
+    for holding in held():
         if isinstance(holding, chosen.backend) and _same_target(holding.target, wanted):
             return holding
     if _policy.skipped(chosen, wanted.display):
@@ -164,6 +166,23 @@ def lock(
         held.release()
 
 
+def held() -> list[Backend]:
+    """The locks this process holds through ``import runalways``, ``import runalways.alone``
+    and :func:`guard`, oldest first (not those of :func:`lock`, which its block owns).
+
+    A plain start takes its lock in ``runalways/__init__.py`` without a backend object
+    (the one module such a start loads); it is adopted here, as the ``fcntl`` backend
+    holding the script, the first time anybody asks.
+    """
+    while runalways._plain_lock:
+        from runalways.backends.flock import FlockBackend
+
+        descriptor, script, display = runalways._plain_lock.pop()
+        plain = Target(script, display=display, name=os.path.basename(script))
+        _policy.held.insert(0, FlockBackend.adopt(plain, descriptor))
+    return _policy.held
+
+
 def handover(pid: int | None = None) -> None:
     """Hand the locks this process took with ``import runalways`` or guard() to ``pid``.
 
@@ -174,7 +193,7 @@ def handover(pid: int | None = None) -> None:
     lock over raises LockFailed. A lock held with :func:`lock` is handed over with
     ``held.handover()``.
     """
-    for holding in _policy.held:
+    for holding in held():
         holding.handover(pid)
 
 
@@ -188,7 +207,7 @@ def token() -> int | None:
     of the wrapper's lock in RUNALWAYS_TOKEN; this function reads it there too. A lock
     held with :func:`lock` has its own: ``with lock(...) as held: held.token``.
     """
-    for holding in reversed(_policy.held):
+    for holding in reversed(held()):
         if holding.token is not None:
             return holding.token
     inherited = os.environ.get("RUNALWAYS_TOKEN", "").strip()
@@ -206,4 +225,4 @@ def heartbeat() -> None:
     """
     from runalways._heartbeat import beat
 
-    beat(_policy.held)
+    beat(held())

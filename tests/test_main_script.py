@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import runalways
 from runalways import _policy
 
 PROBE = """
@@ -74,8 +75,8 @@ def fast_path_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     """The statement is read by the fast path, from the table or, as on a version the table
     does not know, from the probe; decoding with dis would fail the test."""
     if request.param == "probed":
-        monkeypatch.setattr(_policy, "_LAYOUTS", {})
-    monkeypatch.setattr(_policy, "_layout", None)
+        monkeypatch.setattr(runalways, "_LAYOUTS", {})
+    monkeypatch.setattr(runalways, "_layout", None)
 
     def no_dis(frame: object) -> None:
         raise AssertionError("an ordinary import statement was decoded with dis, the slow path")
@@ -100,7 +101,7 @@ def test_a_module_that_is_not_main_guards_nothing(probe: Results) -> None:
 def test_unknown_bytecode_layouts_are_decoded_with_dis(
     probe: Results, monkeypatch: pytest.MonkeyPatch, source: str, plain: bool, sub: bool, statement: object
 ) -> None:
-    monkeypatch.setattr(_policy, "_layout", ())  # as on a version whose bytecode the probe cannot read
+    monkeypatch.setattr(runalways, "_layout", ())  # as on a version whose bytecode the probe cannot read
     run_as_main(source)
     assert (probe.plain, probe.sub, probe.statement) == (plain, sub, statement)
 
@@ -119,9 +120,9 @@ def test_the_layout_table_and_the_probe_agree_with_the_interpreter() -> None:
 
     opmap = opcode.opmap
     numbers = (opmap["IMPORT_NAME"], opmap["LOAD_CONST"], opmap.get("LOAD_SMALL_INT", opmap["LOAD_CONST"]))
-    probed = _policy._probed_layout()
+    probed = runalways._probed_layout()
     assert probed is not None and probed[:3] == numbers
-    row = _policy._LAYOUTS.get(sys.version_info[:2])
+    row = runalways._LAYOUTS.get(sys.version_info[:2])
     assert row is None or row == probed
 
 

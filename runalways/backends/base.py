@@ -289,6 +289,14 @@ class FileLockBackend(Backend):
         super().__init__(target)
         self._fd: int | None = None
 
+    @classmethod
+    def adopt(cls, target: "Target", fd: int) -> "FileLockBackend":
+        """The backend of a lock this process took on ``fd`` without one: the plain start
+        of ``runalways/__init__.py`` locks its script with a bare flock(2)."""
+        backend = cls(target)
+        backend._fd = fd
+        return backend
+
     def _lock(self, fd: int, blocking: bool) -> None:
         raise NotImplementedError
 

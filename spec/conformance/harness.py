@@ -349,3 +349,63 @@ def with_machine_id(argv: Sequence[str | os.PathLike[str]], machine_id_file: Pat
     mount = 'mount --bind "$0" /etc/machine-id && exec "$@"'
     unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(machine_id_file)]
     return [*unshare, *(os.fspath(arg) for arg in argv)]
+
+
+STAMPEDE_BODY = """
+import os, sys
+with open(sys.argv[1], "a") as log:
+    log.write(f"{os.getpid()}\\n")
+os.read(int(sys.argv[2]), 1)  # hold the lock until the test says the round is over
+"""
+
+#: Each copy waits on the gate until all exist, then execs ``python job.py`` at once.
+GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+
+#: How many copies of the job start at the same instant in each round of a stampede.
+STAMPEDE_COPIES = 32
+
+
+def stampede(procs: Procs, env: Mapping[str, str], rounds: int, header: str = "import runalways\n") -> list[int]:
+    """How many bodies ran in each of ``rounds`` rounds of STAMPEDE_COPIES copies let go at once.
+
+    Every loser must exit 0 on its own while the winner still holds the lock; the winner's
+    body then ends with the round.
+    """
+    job = procs.script("stampede.py", STAMPEDE_BODY, header=header)
+    bodies = []
+    for round_number in range(rounds):
+        log = procs.workdir / f"round{round_number}.log"
+        gate_read, gate_write = os.pipe()
+        hold_read, hold_write = os.pipe()
+        argv = [sys.executable, "-c", GATE, str(gate_read), str(job), str(log), str(hold_read)]
+        copies = [
+            subprocess.Popen(
+                argv,
+                env=dict(env),
+                cwd=procs.workdir,
+                pass_fds=(gate_read, hold_read),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(STAMPEDE_COPIES)
+        ]
+        os.close(gate_read)
+        os.close(hold_read)
+        try:
+            os.write(gate_write, b"go" * STAMPEDE_COPIES)
+            deadline = time.monotonic() + TIMEOUT
+            while sum(copy.poll() is not None for copy in copies) < STAMPEDE_COPIES - 1:
+                assert time.monotonic() < deadline, "the losers did not all exit"
+                time.sleep(0.01)
+            bodies.append(len(list(lines(log))))
+            assert [copy.returncode for copy in copies if copy.poll() is not None] == [0] * (STAMPEDE_COPIES - 1)
+        finally:
+            os.close(gate_write)
+            os.close(hold_write)  # the round is over: the winner's body ends
+            for copy in copies:
+                try:
+                    copy.wait(timeout=TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    copy.kill()
+                    copy.wait()
+    return bodies

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from harness import TIMEOUT, Procs, as_nobody, finish, lines, nobody_env, read_line
+from harness import STAMPEDE_COPIES, Procs, as_nobody, finish, nobody_env, read_line, stampede
 
 Observe = Callable[[str, str], None]
 NOBODY = 65534
@@ -56,53 +54,11 @@ def test_another_user_who_can_read_the_script_can_hold_its_lock(
     finish(squatter)
 
 
-STAMPEDE_BODY = """
-import os, sys
-with open(sys.argv[1], "a") as log:
-    log.write(f"{os.getpid()}\\n")
-os.read(int(sys.argv[2]), 1)  # hold the lock until the test says the round is over
-"""
-
-#: Each copy waits on the gate until all exist, then execs ``python job.py`` at once.
-GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
-
-COPIES = 32
 ROUNDS = 10
 
 
 @pytest.mark.clause("R10.1")
 def test_stampede_runs_exactly_one_body_per_round(procs: Procs, observe: Observe) -> None:
-    job = procs.script("job.py", STAMPEDE_BODY)
-    env = procs.env({"RUNALWAYS_SILENT": "1"})
-    bodies = []
-    for round_number in range(ROUNDS):
-        log = procs.workdir / f"round{round_number}.log"
-        gate_read, gate_write = os.pipe()
-        hold_read, hold_write = os.pipe()
-        argv = [sys.executable, "-c", GATE, str(gate_read), str(job), str(log), str(hold_read)]
-        copies = [
-            subprocess.Popen(argv, env=env, pass_fds=(gate_read, hold_read), stdout=subprocess.DEVNULL)
-            for _ in range(COPIES)
-        ]
-        os.close(gate_read)
-        os.close(hold_read)
-        try:
-            os.write(gate_write, b"go" * COPIES)
-            deadline = time.monotonic() + TIMEOUT
-            # Every loser must exit on its own while the winner still holds the lock.
-            while sum(copy.poll() is not None for copy in copies) < COPIES - 1:
-                assert time.monotonic() < deadline, "the losers did not all exit"
-                time.sleep(0.01)
-            bodies.append(len(list(lines(log))))
-            assert [copy.returncode for copy in copies if copy.poll() is not None] == [0] * (COPIES - 1)
-        finally:
-            os.close(gate_write)
-            os.close(hold_write)  # the round is over: the winner's body ends
-            for copy in copies:
-                try:
-                    copy.wait(timeout=TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    copy.kill()
-                    copy.wait()
-    observe(f"{COPIES} copies at once, {ROUNDS} rounds", f"bodies per round: {sorted(set(bodies))}")
+    bodies = stampede(procs, procs.env({"RUNALWAYS_SILENT": "1"}), ROUNDS)
+    observe(f"{STAMPEDE_COPIES} copies at once, {ROUNDS} rounds", f"bodies per round: {sorted(set(bodies))}")
     assert bodies == [1] * ROUNDS

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    GATE,
     HOLD,
     TIMEOUT,
     Procs,
@@ -217,7 +218,6 @@ CHURN_BODY = (
     "def log(event): open(sys.argv[1], 'a').write(f'{time.monotonic()} {os.getpid()} {event}\\n')\n"
     "log('start'); time.sleep(0.02); log('end')\n"
 )
-GATE = "import os, sys; os.read(int(sys.argv[1]), 1); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
 
 
 @pytest.mark.clause("R12.5")
