@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import Dict, List, Optional, Tuple
 
     Statement = Tuple[str, Optional[Tuple[str, ...]]]
-    Layout = Tuple[int, int, int, int]
+    Layout = Tuple[int, int, int, int, Optional[Tuple[int, int]]]
 
 __version__ = "0.1.0"
 
@@ -44,15 +44,18 @@ __version__ = "0.1.0"
 
 #: How CPython compiles an import statement, for the versions whose layout is known:
 #: (IMPORT_NAME, the LOAD_CONST of the from-list, the opcode loading the level, how far
-#: IMPORT_NAME's operand is shifted left of the name index). tests/test_main_script.py
-#: checks the row of the running version against its own ``opcode`` module. Other
-#: versions learn the layout from a compiled probe (_probed_layout).
+#: IMPORT_NAME's operand is shifted left of the name index, and the instruction (opcode,
+#: operand) that loads a from-list of None where a LOAD_CONST does not: 3.15's
+#: LOAD_COMMON_CONSTANT). tests/test_main_script.py checks the row of the running version
+#: against its own ``opcode`` module. Other versions learn it from a compiled probe.
 _LAYOUTS: "Dict[Tuple[int, int], Layout]" = {
-    (3, 9): (108, 100, 100, 0),
-    (3, 10): (108, 100, 100, 0),
-    (3, 11): (108, 100, 100, 0),
-    (3, 12): (108, 100, 100, 0),
-    (3, 13): (75, 83, 83, 0),
+    (3, 9): (108, 100, 100, 0, None),
+    (3, 10): (108, 100, 100, 0, None),
+    (3, 11): (108, 100, 100, 0, None),
+    (3, 12): (108, 100, 100, 0, None),
+    (3, 13): (75, 83, 83, 0, None),
+    (3, 14): (73, 82, 94, 0, None),
+    (3, 15): (72, 81, 93, 2, (80, 7)),
 }
 
 #: The running interpreter's layout once looked up; () when it has none the fast reader reads.
@@ -88,11 +91,17 @@ def _read_statement(code: "CodeType", at: int, layout: "Layout") -> "Statement |
     An EXTENDED_ARG before the from-list's LOAD_CONST or before IMPORT_NAME stands where
     the level or the LOAD_CONST would, so operands of 256 and more never match.
     """
-    import_name, load_const, load_level, shift = layout
+    import_name, load_const, load_level, shift, load_none = layout
     raw = code.co_code
-    if at >= 4 and raw[at] == import_name and raw[at - 2] == load_const and raw[at - 4] == load_level:
-        return code.co_names[raw[at + 1] >> shift], code.co_consts[raw[at - 1]]
-    return None
+    if at < 4 or raw[at] != import_name or raw[at - 4] != load_level:
+        return None
+    if raw[at - 2] == load_const:
+        fromlist = code.co_consts[raw[at - 1]]
+    elif (raw[at - 2], raw[at - 1]) == load_none:
+        fromlist = None
+    else:
+        return None
+    return code.co_names[raw[at + 1] >> shift], fromlist
 
 
 #: Compiled once on a version the table does not know: the layout is read off its bytecode.
@@ -105,16 +114,22 @@ def _probed_layout() -> "Layout | None":
     About 30 microseconds, where importing ``opcode`` for the numbers costs about a
     millisecond and ``dis`` several. Whatever the numbers, the layout is used only if it
     reads both statements of the probe back exactly; if none does, dis decodes.
-    From 3.14 the level is loaded by LOAD_SMALL_INT, and from 3.15 IMPORT_NAME's operand
-    carries flags in its low bits (lazy imports): the probe learns both.
+    From 3.14 the level is loaded by LOAD_SMALL_INT; from 3.15 IMPORT_NAME's operand
+    carries flags in its low bits (lazy imports) and None is no longer a LOAD_CONST
+    (LOAD_COMMON_CONSTANT): the probe learns all three.
     """
     code = compile(_PROBE, "<runalways probe>", "exec", dont_inherit=True)
     raw = code.co_code
     for at in range(4, len(raw) - 1, 2):
         if raw[at - 1] >= len(code.co_consts) or code.co_consts[raw[at - 1]] != ("c",):
             continue
+        # ``import a`` comes first: what stands before its IMPORT_NAME loads a from-list of None.
+        plain = next((offset for offset in range(4, at, 2) if raw[offset] == raw[at]), None)
+        if plain is None:
+            continue
+        load_none = None if raw[plain - 2] == raw[at - 2] else (raw[plain - 2], raw[plain - 1])
         # The name "b" has index 1, so IMPORT_NAME's operand is 1 << shift, plus flags below it.
-        layout = (raw[at], raw[at - 2], raw[at - 4], max(raw[at + 1].bit_length() - 1, 0))
+        layout = (raw[at], raw[at - 2], raw[at - 4], max(raw[at + 1].bit_length() - 1, 0), load_none)
         try:
             found = [_read_statement(code, offset, layout) for offset in range(0, len(raw), 2)]
         except IndexError:  # not the layout: an operand that is no index into the names

@@ -122,6 +122,8 @@ def test_the_layout_table_and_the_probe_agree_with_the_interpreter() -> None:
     numbers = (opmap["IMPORT_NAME"], opmap["LOAD_CONST"], opmap.get("LOAD_SMALL_INT", opmap["LOAD_CONST"]))
     probed = runalways._probed_layout()
     assert probed is not None and probed[:3] == numbers
+    load_none = probed[4]  # what loads a from-list of None, where a LOAD_CONST does not
+    assert load_none is None or load_none[0] == opmap["LOAD_COMMON_CONSTANT"]
     row = runalways._LAYOUTS.get(sys.version_info[:2])
     assert row is None or row == probed
 
