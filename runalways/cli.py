@@ -251,8 +251,10 @@ def _add_backend_and_target(command: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
     try:
+        # Inside: from Python 3.14 argparse imports a module (_colorize) as it builds the
+        # parser, which a full descriptor table refuses like any other file.
+        arguments = _parser().parse_args(argv)
         if arguments.command == "run":
             return _run(arguments)
         if arguments.command == "status":
