@@ -71,9 +71,8 @@ def set_up_environment() -> None:
         print(f"benchmarks: creating {VENV.relative_to(PROJECT)}", file=sys.stderr)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     with tempfile.TemporaryDirectory(prefix="runalways-bench-src-") as source:
-        # Build from a copy of the sources: a build in the work tree writes build/ and
-        # egg-info files there, and the work tree may be changing under us.
-        for name in ("pyproject.toml", "README.md"):
+        # Build from a copy of the sources: the work tree may be changing under us.
+        for name in ("pyproject.toml", "README.md", "runalways-eager-import.pth"):
             shutil.copy2(PROJECT / name, Path(source) / name)
         shutil.copytree(PROJECT / "runalways", Path(source) / "runalways", ignore=shutil.ignore_patterns("__pycache__"))
         pip = [str(VENV_PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]

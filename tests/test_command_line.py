@@ -22,9 +22,7 @@ def test_the_version_has_one_source() -> None:
     project = text.split("[project]", 1)[1].split("\n[", 1)[0]
     assert re.search(r'^dynamic = \["version"\]$', project, re.MULTILINE), "pyproject.toml must not repeat it"
     assert not re.search(r"^version\s*=", project, re.MULTILINE)
-    assert re.search(
-        r'^\[tool\.setuptools\.dynamic\]\nversion = \{ attr = "runalways\.__version__" \}$', text, re.MULTILINE
-    )
+    assert re.search(r'^\[tool\.hatch\.version\]\npath = "runalways/__init__\.py"$', text, re.MULTILINE)
     assert version("runalways") == runalways.__version__  # the installed metadata read it
 
 
