@@ -279,7 +279,8 @@ def soak(
             if len(live) < cap:
                 body = chance.uniform(0.02, 0.3)
                 if proxy is not None and chance.random() < LONG_BODIES:
-                    body = chance.uniform(lease, 2 * lease)
+                    # Ending by the soak's end all the same: the soak is bounded.
+                    body = min(chance.uniform(lease, 2 * lease), max(deadline - time.monotonic(), body))
                 errors_path = logs / f"{report.starts}.err"
                 born = time.time()
                 with open(errors_path, "wb") as errors:
