@@ -26,9 +26,10 @@ The conformance suite runs a few seconds of it for every backend
 
     python3 benchmarks/soak.py --seconds 300
 
-writes its table into the chaos soak section of benchmarks/RESULTS.md; the cluster
-backends run against servers of their own on 127.0.0.1, started and stopped by the test
-suite's helpers.
+writes its table into the chaos soak section of benchmarks/RESULTS.md (``--out`` names
+another file), and exits 1 when a backend had an overlap, a traceback or an unexpected end.
+The cluster backends run against servers of their own on 127.0.0.1, started and stopped by
+the test suite's helpers.
 """
 
 from __future__ import annotations
