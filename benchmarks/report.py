@@ -1,4 +1,7 @@
-"""RESULTS.md and startup.png from the measurements, with the machine they were taken on."""
+"""RESULTS.md and startup.png from the measurements, with the machine they were taken on.
+
+RESULTS.md keeps the chaos soak's section (benchmarks/soak_section.py) of the file it replaces.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import guards as g
 import phases as ph
+import soak_section
 
 PEER_PACKAGES = ("runalways", "tendo", "filelock", "portalocker", "fasteners", "pid", "matplotlib")
 
@@ -513,6 +517,10 @@ def chart(results: Results, path: Path) -> None:
 
 
 def write(results: Results, out: Path) -> None:
-    (out / "RESULTS.md").write_text(markdown(results))
+    """RESULTS.md and startup.png in ``out``; the chaos soak's section of an earlier RESULTS.md stays."""
+    path = out / "RESULTS.md"
+    text = markdown(results)
+    soak = soak_section.read(path.read_text()) if path.exists() else None
+    path.write_text(text if soak is None else soak_section.write(text, soak))
     if results.startup:
         chart(results, out / "startup.png")

@@ -15,6 +15,7 @@ install's import hook would add milliseconds to every start), plus the peers of 
 
 It writes ``benchmarks/RESULTS.md`` and ``benchmarks/startup.png`` (``--quick``: a short
 smoke run, written to ``benchmarks/.quick/`` so that it never replaces the real results).
+The chaos soak's section of RESULTS.md, which ``benchmarks/soak.py`` writes, stays.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ import pytest
 import redis
 import redisserver
 from harness import read_line, reap, wait_until
+from netproxy import Proxy
 
 from runalways.backends._lease import FENCE_AT
 from runalways.backends.postgres import lock_key
@@ -284,6 +284,12 @@ def died_before_line(holder: subprocess.Popen[bytes], other: subprocess.Popen[by
     return died, ready
 
 
+def next_request(proxy: Proxy, client: subprocess.Popen[bytes]) -> None:
+    """Wait until a request of the client through ``proxy`` reaches the server (or the client ends)."""
+    before = proxy.sent_upstream
+    wait_until(lambda: proxy.sent_upstream > before or client.poll() is not None, "a request to reach the server")
+
+
 # -- one holder ------------------------------------------------------------------------
 
 
@@ -381,6 +387,25 @@ def test_network_cut_fences_the_holder_before_another_starts(jobs: Jobs, server:
         freed = FENCE_AT * TTL if jobs.engine.takes_over_dead_holder else TTL
         assert freed - TTL / 3 - 0.2 < got_in - cut < 3 * TTL
         assert [line for line in jobs.after_start_of(waiter.pid) if line == f"tick {holder.pid}"] == []
+
+
+def test_network_cut_shorter_than_the_fence_keeps_the_holder_and_its_lock(jobs: Jobs, server: Server) -> None:
+    with Proxy(server.port) as proxy:
+        holder, _ = jobs.holder(url=proxy.reroute(jobs.url))
+        # Cut just after a renewal went through: the holder's deadline is 0.8 TTL away.
+        next_request(proxy, holder)
+        proxy.cut()
+        wait_until(proxy.held, "the next renewal to be held by the cut")
+        at_cut = proxy.sent_upstream
+        proxy.restore()
+        wait_until(lambda: proxy.sent_upstream > at_cut or holder.poll() is not None, "the held renewal to arrive")
+        # Two more renewals on the same streams take the holder past the deadline it had
+        # at the cut: the late one arrived whole, and the next ones moved the deadline on.
+        next_request(proxy, holder)
+        next_request(proxy, holder)
+        assert holder.poll() is None, finish(holder)
+        assert finish(jobs.job()) == (0, "", "")  # kept out: the lock is still the holder's
+        assert finish(holder) == (0, "", "")
 
 
 def test_command_of_runalways_run_dies_with_the_fenced_wrapper(jobs: Jobs) -> None:
@@ -512,72 +537,3 @@ def test_only_the_chosen_backend_imports_its_client_and_ctypes(tmp_path: Path) -
     env = {key: value for key, value in os.environ.items() if not key.startswith("RUNALWAYS_")}
     ran = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert ran.stdout == "[]\n", ran.stderr
-
-
-# -- a TCP proxy that can cut the network ------------------------------------------------
-
-
-class Proxy:
-    """Forwards 127.0.0.1:<port> to the server until ``cut()``, then drops everything silently.
-
-    After the cut nothing is forwarded and nothing is closed: no FIN, no RST, as when a
-    cable is pulled or a host vanishes. Its threads end when the proxy is closed.
-    """
-
-    def __init__(self, server_port: int) -> None:
-        self.server_port = server_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.stopped = threading.Event()
-        self.forwarding = threading.Event()
-        self.forwarding.set()
-        self.sockets: list[socket.socket] = [self.listener]
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def cut(self) -> None:
-        self.forwarding.clear()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.05)
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.server_port))
-            self.sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                thread = threading.Thread(target=self._pump, args=(source, target), daemon=True)
-                self.threads.append(thread)
-                thread.start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        while not self.stopped.is_set():
-            if not self.forwarding.is_set():
-                self.stopped.wait(0.05)
-                continue
-            try:
-                if not select.select([source], [], [], 0.05)[0]:
-                    continue
-                data = source.recv(65536)
-                if not self.forwarding.is_set():
-                    continue  # read just as the cable was cut: lost
-                if not data:
-                    target.shutdown(socket.SHUT_WR)
-                    return
-                target.sendall(data)
-            except OSError:
-                return
-
-    def __enter__(self) -> Proxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=5)
-        for sock in self.sockets:
-            sock.close()
