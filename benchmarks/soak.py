@@ -99,6 +99,10 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 #: (the others run 0.02 to 0.3 s): a holder that a cut or a stop finds in the middle of such
 #: a body can only be fenced, and must be dead before the next body starts.
 LONG_BODIES = 0.1
+#: The "backend" that soaks the plain start: the default backend, with no RUNALWAYS_*
+#: setting at all, as cron starts a job, so that runalways/__init__.py decides every start.
+PLAIN = "plain"
+
 #: When the saboteur first cuts the network, seconds into the soak: at a fixed point, so
 #: that a soak of a few seconds has a cut too, after bodies had time to run.
 FIRST_CUT = 2.0
@@ -180,7 +184,8 @@ def soak(
     logs = workdir / "stderr"
     logs.mkdir(exist_ok=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("RUNALWAYS_")}
-    env.update({"RUNALWAYS_BACKEND": backend, "RUNALWAYS_DIR": str(locks), "RUNALWAYS_SILENT": "1"})
+    if backend != PLAIN:
+        env.update({"RUNALWAYS_BACKEND": backend, "RUNALWAYS_DIR": str(locks), "RUNALWAYS_SILENT": "1"})
     env.update(settings or {})
     report = Report(backend, seconds)
     proxy = None
@@ -395,6 +400,7 @@ def server_for(backend: str) -> Iterator[dict[str, str]]:
 
 #: What the columns count, under the table.
 LEGEND = (
+    "plain: the default backend started with no RUNALWAYS_* setting, as cron starts a job; "
     "kills: SIGKILL and SIGTERM the saboteur sent; stops: its SIGSTOPs (a cluster holder for longer than its "
     "lease); cuts: its network cuts, shorter or longer than the lease (cluster backends only); fenced: copies "
     "killed by their own lease after a stop or a cut; fail-closed: copies that exited 2 saying the server could "
@@ -408,7 +414,9 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="how long each backend is soaked")
-    parser.add_argument("--backend", action="append", help="soak only this backend (repeatable)")
+    parser.add_argument(
+        "--backend", action="append", help=f"soak only this backend (repeatable; {PLAIN}: the plain start, no setting)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -416,7 +424,7 @@ def main() -> int:
         help="the file whose chaos soak section the table replaces, or is appended to (default: %(default)s)",
     )
     options = parser.parse_args()
-    chosen = options.backend or [name for name in names() if get_class(name).unavailable() is None]
+    chosen = options.backend or [PLAIN, *(name for name in names() if get_class(name).unavailable() is None)]
     import tempfile
 
     rows = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from harness import Procs
-from soak import soak
+from soak import PLAIN, soak
 
 #: Seconds of the short form each backend gets in the suite; the long form is
 #: ``python3 benchmarks/soak.py --seconds 300``.
@@ -32,3 +32,12 @@ def test_a_chaos_soak_never_runs_two_bodies_at_once(procs: Procs, capabilities: 
     # A cluster backend's network was cut (and restored) at least once; a local one has none.
     assert (report.cuts is not None and report.cuts > 0) if across_hosts else report.cuts is None, report
     assert report.bodies > 0 and report.availability >= FLOOR[across_hosts], report
+
+
+@pytest.mark.clause("R1.7", "R10.2")
+def test_a_chaos_soak_of_plain_starts_never_runs_two_bodies_at_once(tmp_path: Path) -> None:
+    """The same storm for starts with no setting at all, which runalways/__init__.py decides alone."""
+    report = soak(PLAIN, SECONDS, tmp_path / "soak")
+    assert report.overlaps == 0, report
+    assert report.tracebacks == 0 and report.unexpected == [], report
+    assert report.bodies > 0 and report.availability >= FLOOR[False], report
