@@ -11,7 +11,9 @@ install's import hook would add milliseconds to every start), plus the peers of 
 3. hand-over latency in wait mode;
 4. crash release: the holder SIGKILLed, the next copy started at once;
 5. the cluster backends' acquire/release latency, where a server is given (``RUNALWAYS_URL`` or
-   ``BENCHMARK_URL_POSTGRES`` for postgres, ``BENCHMARK_URL_REDIS`` for redis).
+   ``BENCHMARK_URL_POSTGRES`` for postgres, ``BENCHMARK_URL_REDIS`` for redis), or started:
+   ``--servers`` starts a PostgreSQL and a Redis server of its own on 127.0.0.1 with the test
+   suite's helpers (the postgresql and redis-server packages the test command installs).
 
 It writes ``benchmarks/RESULTS.md`` and ``benchmarks/startup.png`` (``--quick``: a short
 smoke run, written to ``benchmarks/.quick/`` so that it never replaces the real results).
@@ -21,6 +23,7 @@ The chaos soak's section of RESULTS.md, which ``benchmarks/soak.py`` writes, sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -30,6 +33,7 @@ import tempfile
 import time
 import venv
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -53,6 +57,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         "--baseline",
         metavar="GIT-REF",
         help="also measure runalways as it was at this git revision, side by side (as 'runalways at REF')",
+    )
+    parser.add_argument(
+        "--servers",
+        action="store_true",
+        help="measure the cluster backends against servers of its own on 127.0.0.1 (where no BENCHMARK_URL_* is set)",
     )
     parser.add_argument(
         "--only",
@@ -164,8 +173,35 @@ def main(argv: list[str]) -> int:
             set_up_environment()
         # Measure with the environment's own Python, where runalways and the peers live.
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *argv])
-    measure(options)
+    with own_servers(options.servers):
+        measure(options)
     return 0
+
+
+@contextlib.contextmanager
+def own_servers(wanted: bool) -> Iterator[None]:
+    """--servers: a PostgreSQL and a Redis server for the cluster backends that no
+    BENCHMARK_URL_* names, started (and stopped) by the test suite's helpers."""
+    if not wanted:
+        yield
+        return
+    sys.path.insert(0, str(PROJECT / "tests"))
+    import pgserver
+    import redisserver
+
+    from runalways.backends._lease import DEFAULT_TTL
+
+    with contextlib.ExitStack() as stack:
+        started = {}
+        if not os.environ.get("BENCHMARK_URL_POSTGRES"):
+            started["POSTGRES"] = stack.enter_context(pgserver.running(pgserver.required_bindir())).url
+        if not os.environ.get("BENCHMARK_URL_REDIS"):
+            started["REDIS"] = stack.enter_context(redisserver.running(redisserver.required_binary())).url
+        for name, url in started.items():
+            # A server younger than the lease makes the first holders wait out its restart grace.
+            (pgserver if name == "POSTGRES" else redisserver).wait_until_older_than(url, DEFAULT_TTL)
+            os.environ[f"BENCHMARK_URL_{name}"] = url
+        yield
 
 
 if __name__ == "__main__":

@@ -314,7 +314,9 @@ def soak(
                 report.edits += 1
             elif action < 0.06:
                 for entry in os.listdir(locks):
-                    os.utime(locks / entry, follow_symlinks=False)
+                    # A pidfile, a claim or a disposable lock file may be gone since listdir().
+                    with contextlib.suppress(FileNotFoundError):
+                        os.utime(locks / entry, follow_symlinks=False)
             time.sleep(chance.uniform(0.001, 0.01))
     finally:
         for pid in list(stopped):

@@ -17,8 +17,9 @@ SECONDS = 4.0
 #: the job out until it is fenced, and whose network is cut from soak.FIRST_CUT seconds on,
 #: for up to twice the lease). The saboteur kills, stops and starves the job on
 #: purpose, and the suite shares two cores with other tests: these floors catch a guard
-#: that keeps every copy out, not a slow machine.
-FLOOR = {False: 0.1, True: 0.02}
+#: that keeps every copy out, not a slow machine (portalocker's slow import came in at
+#: 0.06 to 0.08 of 4 s with the load at 15 and more on 2 cores).
+FLOOR = {False: 0.05, True: 0.02}
 
 
 @pytest.mark.clause("R10.2")
