@@ -7,6 +7,7 @@ its own (a job directory, a TMPDIR and a RUNALWAYS_DIR), and returns plain data 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -105,7 +106,12 @@ class Workspace:
         return found
 
     def inodes(self) -> set[int]:
-        return {path.stat().st_ino for folder in (self.job, self.tmp) for path in folder.rglob("*")}
+        found = set()
+        for folder in (self.job, self.tmp):
+            for path in folder.rglob("*"):
+                with contextlib.suppress(FileNotFoundError):  # a guard's file, removed since it was listed
+                    found.add(path.stat().st_ino)
+        return found
 
 
 def median(values: list[float]) -> float:

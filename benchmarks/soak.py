@@ -124,6 +124,8 @@ class Report:
     fail_closed: int = 0
     overlaps: int = 0
     tracebacks: int = 0
+    #: The stderr of each copy that printed a traceback, to show what it was.
+    traceback_texts: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     availability: float = 0.0
 
@@ -335,7 +337,11 @@ def soak(
             proxy.close()
     finished_at = time.time()
     _check(report, records.read_text().splitlines(), ended, started_at, finished_at)
-    report.tracebacks = sum("Traceback" in path.read_text(errors="replace") for path in logs.iterdir())
+    for path in sorted(logs.iterdir()):
+        text = path.read_text(errors="replace")
+        if "Traceback" in text:
+            report.tracebacks += 1
+            report.traceback_texts.append(text)
     return report
 
 
@@ -438,6 +444,8 @@ def main() -> int:
         print(report.row(), flush=True)
         for line in report.unexpected:
             print(f"  unexpected: {line}", file=sys.stderr)
+        for text in report.traceback_texts:
+            print("  traceback:\n" + text, file=sys.stderr)
         failed = failed or bool(report.overlaps or report.tracebacks or report.unexpected)
         rows.append(report.row())
     command = "python3 benchmarks/soak.py" + "".join(f" --backend {name}" for name in options.backend or [])

@@ -408,6 +408,18 @@ def test_network_cut_shorter_than_the_fence_keeps_the_holder_and_its_lock(jobs: 
         assert finish(holder) == (0, "", "")
 
 
+def test_a_renewal_cut_off_at_exit_ends_without_a_traceback(jobs: Jobs, server: Server) -> None:
+    """The 300 s chaos soak found a redis copy that printed a traceback as it ended: at exit,
+    release() closes the connection under a renewal stuck on a cut network, and the client
+    library failed in the heartbeat thread with an error of its own making."""
+    with Proxy(server.port) as proxy:
+        holder, _ = jobs.holder(url=proxy.reroute(jobs.url))
+        next_request(proxy, holder)
+        proxy.cut()
+        wait_until(proxy.held, "the next renewal to be held by the cut")
+        assert finish(holder) == (0, "", "")  # the job ends: its lease is given up at exit
+
+
 def test_command_of_runalways_run_dies_with_the_fenced_wrapper(jobs: Jobs) -> None:
     ticker = jobs.workdir / "ticker.py"
     ticker.write_text(JOB.replace("import runalways\n", "", 1))  # the command is not guarded itself
