@@ -192,15 +192,17 @@ def own_servers(wanted: bool) -> Iterator[None]:
     from runalways.backends._lease import DEFAULT_TTL
 
     with contextlib.ExitStack() as stack:
-        started = {}
+        started = []  # (variable, the helper module of its engine, the server's URL)
         if not os.environ.get("BENCHMARK_URL_POSTGRES"):
-            started["POSTGRES"] = stack.enter_context(pgserver.running(pgserver.required_bindir())).url
+            url = stack.enter_context(pgserver.running(pgserver.required_bindir())).url
+            started.append(("BENCHMARK_URL_POSTGRES", pgserver, url))
         if not os.environ.get("BENCHMARK_URL_REDIS"):
-            started["REDIS"] = stack.enter_context(redisserver.running(redisserver.required_binary())).url
-        for name, url in started.items():
+            url = stack.enter_context(redisserver.running(redisserver.required_binary())).url
+            started.append(("BENCHMARK_URL_REDIS", redisserver, url))
+        for variable, helper, url in started:
             # A server younger than the lease makes the first holders wait out its restart grace.
-            (pgserver if name == "POSTGRES" else redisserver).wait_until_older_than(url, DEFAULT_TTL)
-            os.environ[f"BENCHMARK_URL_{name}"] = url
+            helper.wait_until_older_than(url, DEFAULT_TTL)
+            os.environ[variable] = url
         yield
 
 
