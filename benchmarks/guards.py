@@ -191,8 +191,8 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
     Backends that cannot work here, and cluster backends without a server to talk to
     (``server_url``), are listed with the reason and not measured.
     """
-    from runalways import backends
-    from runalways.backends.base import FileLockBackend
+    from runalways import _settings, backends
+    from runalways.backends._filelock import FileLockBackend
 
     found: list[Guard] = []
     default = backends.default_name()
@@ -204,8 +204,9 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
             skipped = f"cannot load: {error}"
             found.append(Guard(f"runalways-{name}", f"runalways `{name}`", "runalways", skipped=skipped))
             continue
-        url = server_url(name) if "RUNALWAYS_URL" in backend.settings else ""
-        if not reason and "RUNALWAYS_URL" in backend.settings and not url:
+        cluster = "RUNALWAYS_URL" in _settings.variables(backend)
+        url = server_url(name) if cluster else ""
+        if not reason and cluster and not url:
             reason = f"needs a server: BENCHMARK_URL_{name.upper()} is not set"
         env = {} if name == default else {"RUNALWAYS_BACKEND": name}
         if url:

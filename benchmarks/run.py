@@ -189,7 +189,7 @@ def own_servers(wanted: bool) -> Iterator[None]:
     import pgserver
     import redisserver
 
-    from runalways.backends._lease import DEFAULT_TTL
+    from runalways._settings import DEFAULT_TTL
 
     with contextlib.ExitStack() as stack:
         started = []  # (variable, the helper module of its engine, the server's URL)

@@ -196,9 +196,9 @@ def soak(
         _import_test_helpers()
         from netproxy import Proxy
 
-        from runalways.backends._lease import lease_ttl
+        from runalways._settings import from_environment
 
-        lease = lease_ttl(env.get("RUNALWAYS_TTL", ""))
+        lease = float(from_environment(env, "RUNALWAYS_TTL"))
         port = urlsplit(env["RUNALWAYS_URL"]).port
         if port is None:
             raise ValueError("the soak cuts the network of a server given as RUNALWAYS_URL=...://127.0.0.1:PORT/...")

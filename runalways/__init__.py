@@ -80,7 +80,7 @@ def _this_layout() -> "Layout | Tuple[()]":
 def _read_import(frame: "FrameType") -> "Statement | None":
     """``(module name, from-list)`` of the import statement ``frame`` is executing, when
     it is laid out as this interpreter lays out an ordinary one; None otherwise, and then
-    only ``dis`` can tell (``_policy.import_statement``), at several milliseconds a start."""
+    only ``dis`` can tell (``_main_script.import_statement``), at several milliseconds a start."""
     layout = _this_layout()
     return _read_statement(frame.f_code, frame.f_lasti, layout) if layout else None
 
@@ -193,4 +193,6 @@ if not _plain_start(_sys._getframe()):
     from runalways._policy import ALWAYS as _ALWAYS
     from runalways._policy import guard_import as _guard_import
 
-    _guard_import(_ALWAYS, "runalways", _sys._getframe())
+    # The policy reads import statements with this module's reader, handed in rather
+    # than imported: no module of runalways imports the package back.
+    _guard_import(_ALWAYS, "runalways", _sys._getframe(), _sys.modules[__name__])

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import calendar
 import os
-import sys
 import time
 
-from runalways.backends.base import Backend
+from runalways._messages import say
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runalways.backends.base import Backend
 
 SYSLOG = "syslog"
 
@@ -38,7 +41,7 @@ def line(event: str, backend: Backend, fields: dict[str, object]) -> str:
 
 def _holder_fields(backend: Backend) -> dict[str, object]:
     """Who kept this start out, and for how long it has held the lock (or since its last heartbeat)."""
-    from runalways._stale import age
+    from runalways._heartbeat import age
 
     holder = backend.holder()
     if holder is None:
@@ -55,7 +58,10 @@ def _quoted(value: object) -> str:
     return f'"{escaped}"'
 
 
-def record(destination: str, event: str, backend: Backend, fields: dict[str, object]) -> None:
+def record(destination: str | None, event: str, backend: Backend, fields: dict[str, object]) -> None:
+    """Append one line about ``event`` to the record at ``destination``; nothing when None."""
+    if destination is None:
+        return
     try:
         if event == "skip" and "holder_pid" not in fields:
             fields = {**_holder_fields(backend), **fields}
@@ -73,8 +79,7 @@ def record(destination: str, event: str, backend: Backend, fields: dict[str, obj
         finally:
             os.close(descriptor)
     except OSError as error:
-        sys.stderr.write(f"runalways: cannot write to RUNALWAYS_LOG={destination!r}: {error.strerror or error}\n")
-        sys.stderr.flush()
+        say(f"runalways: cannot write to RUNALWAYS_LOG={destination!r}: {error.strerror or error}")
 
 
 def parse(text: str) -> dict[str, str]:

@@ -14,10 +14,15 @@ Loaded only by ``api.heartbeat()`` and by a start that checks for a stale holder
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-from runalways.backends.base import Backend, Holder
+from runalways._messages import say
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runalways._values import Holder
+    from runalways.backends.base import Backend
+
 
 #: At most one update a second: a heartbeat is meant to be called in a loop.
 INTERVAL = 1.0
@@ -85,8 +90,7 @@ def _warn(why: str) -> None:
     global _warned
     if not _warned:
         _warned = True
-        sys.stderr.write(f"runalways: cannot record a heartbeat: {why}\n")
-        sys.stderr.flush()
+        say(f"runalways: cannot record a heartbeat: {why}")
 
 
 def last_beat(backend: Backend, holder: Holder) -> float | None:
@@ -109,3 +113,12 @@ def last_beat(backend: Backend, holder: Holder) -> float | None:
     if pid != str(holder.pid) or (holder.since is not None and status.st_mtime < holder.since - 1):
         return None
     return status.st_mtime
+
+
+def age(backend: Backend, holder: Holder) -> tuple[float | None, float | None]:
+    """``(seconds since the holder's start or last heartbeat, the last heartbeat)``; None where unknown."""
+    beat = last_beat(backend, holder)
+    known = [value for value in (holder.since, beat) if value is not None]
+    if not known:
+        return None, beat
+    return max(time.time() - max(known), 0.0), beat

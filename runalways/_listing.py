@@ -14,8 +14,9 @@ import sys
 import textwrap
 from typing import Any
 
+from runalways._values import Capabilities
 from runalways.backends import get_class, names
-from runalways.backends.base import Backend, Capabilities
+from runalways.backends.base import Backend
 
 #: reStructuredText inline markup in docstrings: ``literal``, :role:`text`, `text`.
 _MARKUP = re.compile(r":\w+:`([^`]*)`|``([^`]*)``|`([^`]*)`")

@@ -42,12 +42,13 @@ import hashlib
 import os
 import stat
 
-from runalways.backends.base import Target
+from runalways._values import Target
 from runalways.errors import SettingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from runalways.backends.base import Backend, Holder
+    from runalways._values import Holder
+    from runalways.backends.base import Backend
 
 #: The highest uid of a system account (systemd's SYSTEM_UID_MAX): logind's RemoveIPC
 #: spares these, and the account ``nobody``, whose files in /dev/shm it never empties.
@@ -61,10 +62,18 @@ FALLBACK_ROOTS = ("/dev/shm", "/var/tmp", "/tmp")
 
 def directory() -> str:
     """The lock directory, created if missing; SettingError when it cannot be used."""
-    chosen = os.environ.get("RUNALWAYS_DIR")
+    chosen = chosen_directory()
     if chosen:
         return _ensure(chosen, "RUNALWAYS_DIR")
     return default_directory()
+
+
+def chosen_directory() -> str | None:
+    """RUNALWAYS_DIR, the operator's choice of lock directory, or None."""
+    from runalways._settings import from_environment
+
+    chosen: str | None = from_environment(os.environ, "RUNALWAYS_DIR")
+    return chosen
 
 
 #: The default lock directories this process used: a lock file there may have had
@@ -197,7 +206,9 @@ def earlier_holder(backend: Backend) -> tuple[str, Holder] | None:
         if not os.path.lexists(earlier):
             continue
         target = backend.target
-        found = type(backend)(Target(earlier, target.display, target.name, create=True, private=True)).holder()
+        found = type(backend)(
+            Target(earlier, target.display, target.name, create=True, private=True), backend.settings
+        ).holder()
         if found is not None and found.excludes:
             return earlier, found
     return None

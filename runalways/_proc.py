@@ -1,7 +1,8 @@
-"""What Linux's /proc tells about locks and processes (for ``runalways status``).
+"""What Linux's /proc tells about locks and processes: who holds a lock, when a process started.
 
-Not on the import path of the guard: only status, messages about a holder and the
-backends' ``holder()`` use it.
+Loaded when a holder is looked for (``runalways status`` and ``list``, the alone
+policy's message, a stale check) and by the ``pidfile`` backend at every start, which
+tells a live holder from a stale pidfile by the process's start time.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from runalways.backends.base import Holder
+from runalways._values import Holder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -16,39 +16,21 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-import time
 
-from runalways._policy import Options, record
-from runalways.backends.base import Backend, Holder
+from runalways import _eventlog
+from runalways._heartbeat import age
+from runalways._messages import say
+from runalways._settings import Settings, format_duration
+from runalways._values import Holder
+from runalways._waiting import poll_until
+from runalways.backends.base import Backend
 
 #: Seconds a killed holder gets after SIGKILL to be gone (a process stuck in the kernel
 #: on a dead mount may never go: then it is reported, not waited for).
 _DEATH_TIMEOUT = 10.0
 
 
-def age(backend: Backend, holder: Holder) -> tuple[float | None, float | None]:
-    """``(seconds since the holder's start or last heartbeat, the last heartbeat)``; None where unknown."""
-    from runalways._heartbeat import last_beat
-
-    beat = last_beat(backend, holder)
-    known = [value for value in (holder.since, beat) if value is not None]
-    if not known:
-        return None, beat
-    return max(time.time() - max(known), 0.0), beat
-
-
-def duration(seconds: float) -> str:
-    """``3d4h``, ``2h5m``, ``12m3s``, ``45s``: an age at a glance."""
-    whole = int(seconds)
-    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if whole >= size:
-            rest = (whole % size) // smaller_size
-            return f"{whole // size}{unit}{rest}{smaller}" if rest else f"{whole // size}{unit}"
-    return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
-
-
-def take_over(backend: Backend, chosen: Options) -> bool:
+def take_over(backend: Backend, chosen: Settings) -> bool:
     """The lock is held: go on as usual (False) unless its holder is stale.
 
     A stale holder is reported (one line on stderr, even when silent, and exit
@@ -65,24 +47,24 @@ def take_over(backend: Backend, chosen: Options) -> bool:
         return False
     display = backend.target.display
     about = (
-        f"'{display}' is held by {holder.describe()} for {duration(held_for)}"
+        f"'{display}' is held by {holder.describe()} for {format_duration(held_for)}"
         + ("" if beat is None else " since its last heartbeat")
-        + f", longer than the limit of {duration(chosen.stale_after)}"
+        + f", longer than the limit of {format_duration(chosen.stale_after)}"
     )
-    details = {"holder_pid": holder.pid, "holder_age": round(held_for, 1)}
+    details: dict[str, object] = {"holder_pid": holder.pid, "holder_age": round(held_for, 1)}
     refusal = _cannot_kill(holder) if chosen.on_stale == "kill" else "reported"
     if refusal is None:
         outcome = _kill(backend, holder, chosen.kill_grace)
         if outcome is True:
-            record(chosen, "kill", backend, **details)
-            _say(f"runalways: {about}: killed it and started anew")
+            _eventlog.record(chosen.log, "kill", backend, details)
+            say(f"runalways: {about}: killed it and started anew")
             return True
         if outcome is False:
             return False
         refusal = outcome
-    record(chosen, "stale", backend, **details)
+    _eventlog.record(chosen.log, "stale", backend, details)
     hint = "" if refusal == "reported" else f" ({refusal})"
-    _say(f"runalways: {about}: is it hung?{hint}")
+    say(f"runalways: {about}: is it hung?{hint}")
     raise SystemExit(chosen.stale_exit)
 
 
@@ -137,10 +119,10 @@ def _kill(backend: Backend, holder: Holder, grace: float) -> bool | str:
             pass
         except PermissionError:
             return "cannot signal it: not killed"
-        if _wait(gone, wait):
+        if poll_until(gone, wait, first=0.005, longest=0.1):
             break
     else:
-        return f"still there {duration(_DEATH_TIMEOUT)} after SIGKILL (stuck in the kernel?)"
+        return f"still there {format_duration(_DEATH_TIMEOUT)} after SIGKILL (stuck in the kernel?)"
     # Dead: the lock is free at once for kernel locks, after the backend's declared
     # release time for the others. Wait for the lock itself; never delete anything.
     taken: list[bool] = []
@@ -152,7 +134,8 @@ def _kill(backend: Backend, holder: Holder, grace: float) -> bool | str:
         now_held = backend.holder()
         return now_held is not None and now_held.pid not in (None, pid)
 
-    if not _wait(free_or_taken_by_another, backend.capabilities.crash_release_seconds + _DEATH_TIMEOUT):
+    waited = backend.capabilities.crash_release_seconds + _DEATH_TIMEOUT
+    if not poll_until(free_or_taken_by_another, waited, first=0.005, longest=0.1):
         return "its lock was not released after it died"
     return bool(taken)
 
@@ -162,19 +145,3 @@ def _dead(pid: int) -> bool:
 
     status = process_status(pid)
     return status is None or status[0] == "Z"
-
-
-def _wait(condition: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    pause = 0.005
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-    return True
-
-
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()

@@ -8,7 +8,8 @@ RUNALWAYS_SILENT=1; RUNALWAYS_RETRY=N[,S] waits for the other copy first).
 
 import sys as _sys
 
+import runalways as _reader  # loaded already, as this module's package: its import-statement reader
 from runalways._policy import ALONE as _ALONE
 from runalways._policy import guard_import as _guard_import
 
-_guard_import(_ALONE, "runalways.alone", _sys._getframe())
+_guard_import(_ALONE, "runalways.alone", _sys._getframe(), _reader)

@@ -36,8 +36,10 @@ from contextlib import contextmanager
 
 import runalways
 from runalways import _policy
-from runalways._lockdir import lock_file_target
-from runalways.backends.base import Backend, Holder, Target
+from runalways._main_script import main_script_target
+from runalways._settings import Settings
+from runalways._values import Holder, Target
+from runalways.backends.base import Backend
 from runalways.errors import AlreadyRunning, RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 
-def target(path: str | None = None, name: str | None = None, chosen: _policy.Options | None = None) -> Target:
+def target(path: str | None = None, name: str | None = None, chosen: Settings | None = None) -> Target:
     """The lock target: a lock file at ``path``, a named lock, or the main script.
 
     For the main script, ``chosen`` settings may ask for a private lock file instead
@@ -69,18 +71,13 @@ def target(path: str | None = None, name: str | None = None, chosen: _policy.Opt
     """
     if path is not None and name is not None:
         raise SettingError("give path or name, not both")
-    if path is not None:
-        if chosen is not None:
-            _policy.refuse_lock_file(chosen, "path=")
-        return lock_file_target(path, display=path, name=os.path.basename(path))
-    if name is not None:
-        if not name.strip():
-            raise SettingError("name='' is empty; give the lock a name")
-        return Target(None, display=name, name=name)
+    named = _policy.named_target(chosen, path, name, path_given_as="path=")
+    if named is not None:
+        return named
     main = sys.modules.get("__main__")
     main_globals = vars(main) if main is not None else {}
     if chosen is None:
-        return _policy.main_script_target(main_globals)
+        return main_script_target(main_globals)
     return _policy.script_target(main_globals, chosen)
 
 
@@ -112,7 +109,7 @@ def guard(
     """
     if policy not in (_policy.ALWAYS, _policy.ALONE):
         raise SettingError(f"policy={policy!r} is not a policy; use 'always' or 'alone'")
-    chosen = _policy.options(
+    chosen = _policy.choose(
         os.environ,
         backend=backend,
         silent=silent,
@@ -151,13 +148,11 @@ def lock(
     wait: float | None = None,
 ) -> Iterator[Backend]:
     """Hold a lock for the ``with`` block; raise AlreadyRunning if another process has it."""
-    chosen = _policy.options(os.environ, backend=backend, retry=retry, wait=wait)
+    chosen = _policy.choose(os.environ, backend=backend, retry=retry, wait=wait)
     wanted = target(path, name, chosen)
-    held = chosen.backend(wanted)
-    taken = held.take(chosen.timeout)
-    earlier = _policy.earlier_copy(held) if taken else None
-    if not taken or earlier is not None:
-        holder = earlier or held.holder()
+    held = _policy.take(wanted, chosen, stale=False)
+    if isinstance(held, _policy.Refused):
+        holder = held.holder()
         about = f" ({holder.describe()})" if holder is not None else ""
         raise AlreadyRunning(f"the lock for '{wanted.display}' is held by another process{about}", holder)
     try:

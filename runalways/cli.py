@@ -27,8 +27,11 @@ import sys
 
 from runalways import __version__, _policy
 from runalways._lockdir import earlier_holder, lock_file_target
-from runalways._settings import parse_deadline, parse_exit_code, parse_retry, parse_seconds
-from runalways.backends.base import Backend, FileLockBackend, Holder, Target
+from runalways._messages import fail, say
+from runalways._settings import Settings, parse_deadline, parse_exit_code, parse_retry, parse_seconds
+from runalways._values import Holder, Target
+from runalways.backends._filelock import FileLockBackend
+from runalways.backends.base import Backend
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -268,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return _backends(arguments.json)
     except RunAlwaysError as error:
-        _policy.fail(str(error))
+        fail(str(error))
     except BrokenPipeError:
         # The reader went away (`runalways backends | head`): no traceback, and no second
         # error when Python flushes stdout at exit. Exit as a program killed by SIGPIPE.
@@ -277,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         # The system refused something runalways needed (a descriptor, memory, a module
         # file to import): one line, as for every other failure.
-        _policy.fail(_policy.system_failure(error))
+        fail(_policy.system_failure(error))
 
 
 def _run(arguments: argparse.Namespace) -> int:
@@ -285,7 +288,7 @@ def _run(arguments: argparse.Namespace) -> int:
     if not command:
         raise SettingError("no command to run; usage: runalways run [OPTIONS] -- COMMAND [ARGS...]")
     executable = _program(command[0])
-    chosen = _policy.options(
+    chosen = _policy.choose(
         os.environ,
         backend=arguments.backend,
         silent=arguments.silent or None,
@@ -325,23 +328,21 @@ def _program(name: str) -> str:
     """
     if "/" in name:
         if not os.path.exists(name):  # a dangling symbolic link too
-            _policy.fail(f"cannot run {name!r}: no such file (not found)", NOT_FOUND)
+            fail(f"cannot run {name!r}: no such file (not found)", NOT_FOUND)
         path = name
     else:
         found = shutil.which(name)  # executable files only, as the shell's search
         if found is None:
-            _policy.fail(f"cannot run {name!r}: command not found in PATH", NOT_FOUND)
+            fail(f"cannot run {name!r}: command not found in PATH", NOT_FOUND)
         path = found
     if os.path.isdir(path):
-        _policy.fail(f"cannot run {name!r}: found, but it is a directory, not a program", CANNOT_RUN)
+        fail(f"cannot run {name!r}: found, but it is a directory, not a program", CANNOT_RUN)
     if not os.access(path, os.X_OK):
-        _policy.fail(f"cannot run {name!r}: found, but not executable (no execute permission)", CANNOT_RUN)
+        fail(f"cannot run {name!r}: found, but not executable (no execute permission)", CANNOT_RUN)
     return path
 
 
-def _supervise(
-    argv: list[str], shown: str, holding: Backend | None = None, chosen: _policy.Options | None = None
-) -> int:
+def _supervise(argv: list[str], shown: str, holding: Backend | None = None, chosen: Settings | None = None) -> int:
     """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status.
 
     The backend ``holding`` the lock may add to the command's environment (a fencing
@@ -355,7 +356,7 @@ def _supervise(
     import signal
     import subprocess
 
-    from runalways._fence import die_with_parent
+    from runalways._kernel_kill import die_with_parent
 
     child: list[subprocess.Popen[bytes]] = []
     pending: list[int] = []
@@ -389,10 +390,10 @@ def _supervise(
         import errno
 
         if error.errno == errno.ENOENT:
-            _policy.fail(f"cannot run {shown!r}: the interpreter its #! line names is not found", NOT_FOUND)
+            fail(f"cannot run {shown!r}: the interpreter its #! line names is not found", NOT_FOUND)
         if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN):
-            _policy.fail(f"cannot start {shown!r}: the system refused a resource to start it with: {error.strerror}")
-        _policy.fail(f"cannot run {shown!r}: found, but not a program ({error.strerror})", CANNOT_RUN)
+            fail(f"cannot start {shown!r}: the system refused a resource to start it with: {error.strerror}")
+        fail(f"cannot run {shown!r}: found, but not a program ({error.strerror})", CANNOT_RUN)
     for signum in pending:
         child[0].send_signal(signum)
     if deadline is not None and chosen is not None:
@@ -431,18 +432,16 @@ def _in_child(die: Callable[[], None] | None, own_group: bool) -> Callable[[], N
     return prepare
 
 
-def _stop_at_deadline(
-    child: subprocess.Popen[bytes], shown: str, chosen: _policy.Options, holding: Backend | None
-) -> None:
+def _stop_at_deadline(child: subprocess.Popen[bytes], shown: str, chosen: Settings, holding: Backend | None) -> None:
     """SIGTERM to the command's process group, SIGKILL to what is left of it after the grace."""
     import signal
     import time
 
     assert chosen.deadline is not None
-    from runalways._stale import duration
+    from runalways._settings import format_duration as duration
 
     shown = holding.target.display if holding is not None else shown
-    _policy._say(
+    say(
         f"runalways: '{shown}' ran past its deadline of {duration(chosen.deadline)}: "
         f"SIGTERM to its process group, SIGKILL {duration(chosen.kill_grace)} later; exit {TIMED_OUT}"
     )
@@ -472,7 +471,7 @@ def _signal_group(group: int, signum: int) -> bool:
     return True
 
 
-def _target(arguments: argparse.Namespace, chosen: _policy.Options) -> Target:
+def _target(arguments: argparse.Namespace, chosen: Settings) -> Target:
     if arguments.lock:
         _policy.refuse_lock_file(chosen, "--lock")
         return lock_file_target(arguments.lock, display=arguments.lock, name=os.path.basename(arguments.lock))
@@ -489,11 +488,11 @@ def _status(arguments: argparse.Namespace) -> int:
     given = [bool(arguments.script), bool(arguments.lock), bool(arguments.name)]
     if sum(given) != 1:
         raise SettingError("give one of SCRIPT, --lock PATH or --name NAME")
-    chosen = _policy.options(
+    chosen = _policy.choose(
         os.environ, backend=arguments.backend, stale_after=arguments.stale_after, environment_wins=False
     )
     target = _target(arguments, chosen)
-    asked = chosen.backend(target)
+    asked = chosen.backend(target, chosen)
     holder = asked.holder()
     if arguments.json:
         return _status_json(asked, holder, chosen)
@@ -523,7 +522,8 @@ def _status(arguments: argparse.Namespace) -> int:
         print(f"  command: {holder.command}")
     _holders_of_removed_files(target, asked)
     if holder.excludes and chosen.stale_after is not None:
-        from runalways._stale import age, duration
+        from runalways._heartbeat import age
+        from runalways._settings import format_duration as duration
 
         held_for, _ = age(asked, holder)
         if held_for is not None and held_for > chosen.stale_after:
@@ -532,7 +532,7 @@ def _status(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _status_json(asked: Backend, holder: Holder | None, chosen: _policy.Options) -> int:
+def _status_json(asked: Backend, holder: Holder | None, chosen: Settings) -> int:
     """One JSON object for monitoring: who holds the lock, since when, and whether it is stale."""
     import json
 
@@ -550,7 +550,7 @@ def _status_json(asked: Backend, holder: Holder | None, chosen: _policy.Options)
 
 def _facts(asked: Backend, holder: Holder | None, stale_after: float | None) -> dict[str, object]:
     """What ``status --json`` and ``list --json`` say of one lock and its holder."""
-    from runalways._stale import age
+    from runalways._heartbeat import age
 
     held = holder is not None and holder.excludes
     held_for, beat = age(asked, holder) if holder is not None and held else (None, None)
@@ -590,7 +590,7 @@ def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
         return False
     orphans = _proc.replaced_holders(path)
     for holder in orphans:
-        if target.create:
+        if asked.target.create:
             print(f"  pid {holder.pid} holds a lock on a deleted file: another copy can start ({holder.describe()})")
         else:
             print(
@@ -602,7 +602,7 @@ def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
 
 def _list(arguments: argparse.Namespace) -> int:
     """Every lock held here, oldest first: a table for people, or JSON lines."""
-    from runalways._inventory import held
+    from runalways._held_locks import held
 
     entries = []
     for backend, holder in held():
@@ -616,7 +616,7 @@ def _list(arguments: argparse.Namespace) -> int:
         for facts in entries:
             print(json.dumps(facts))
         return 0
-    from runalways._stale import duration
+    from runalways._settings import format_duration as duration
 
     rows = [("AGE", "PID", "USER", "BACKEND", "JOB", "COMMAND")]
     for facts in entries:

@@ -6,7 +6,7 @@ The policy prints it after ``runalways: `` and exits with status 2.
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from runalways.backends.base import Holder
+    from runalways._values import Holder
 
 
 class RunAlwaysError(Exception):

@@ -1,7 +1,8 @@
 """What the fuzz tests feed runalways: every setting it knows, and hostile text for each.
 
-The settings are taken from the code, never listed here: the core's variables
-(``_settings.CORE_VARIABLES``), each registered backend's own (``Backend.settings``) and
+The settings are taken from the code, never listed here: the settings table
+(``_settings.SETTINGS``) with every variable runalways sets itself, what each registered
+backend declares it reads besides (``Backend.variables``), and
 the options of every subcommand of the ``runalways`` parser. A setting added to any of
 them is fuzzed from then on.
 """
@@ -22,9 +23,9 @@ PASSWORD = "s3cr3t-Pa55"
 
 def variables() -> tuple[str, ...]:
     """Every RUNALWAYS_* variable some part of runalways reads."""
-    found = list(_settings.CORE_VARIABLES)
+    found = list(_settings.variables())
     for name in names():
-        found += get_class(name).settings
+        found += get_class(name).variables
     return tuple(dict.fromkeys(found))
 
 

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from runalways import _proc
-from runalways.backends.base import Target
+from runalways._values import Target
 from runalways.backends.flock import FlockBackend
 from runalways.errors import LockFailed
 

@@ -11,8 +11,8 @@ import pytest
 
 import runalways
 from runalways import _completion, _listing, cli
+from runalways._values import Capabilities
 from runalways.backends import names
-from runalways.backends.base import Capabilities
 
 PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
 

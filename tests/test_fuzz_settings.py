@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runalways import _policy, cli
+from runalways._values import Target
 from runalways.backends import names, pidfile
-from runalways.backends.base import Target
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -55,8 +55,8 @@ def parse_and_build(values: Mapping[str, str]) -> None:
     """What a start does with its environment before it locks: parse it, make the backend."""
     with environment(values):
         try:
-            chosen = _policy.options(os.environ)
-            chosen.backend(Target(None, display="job", name="job"))
+            chosen = _policy.choose(os.environ)
+            chosen.backend(Target(None, display="job", name="job"), chosen)
         except RunAlwaysError as error:
             assert_one_line(error)
 
@@ -98,7 +98,7 @@ def test_any_keyword_of_the_api_is_a_setting_or_one_line(
     conflict_exit: int | None,
 ) -> None:
     try:
-        _policy.options(
+        _policy.choose(
             {},
             backend=backend,
             silent=silent,
@@ -162,29 +162,29 @@ def test_any_pidfile_is_judged_without_an_error(raw: bytes, age: float) -> None:
 def test_a_retry_count_in_non_ascii_digits_is_one_line(value: str) -> None:
     # "²".isdigit() is true and int("²") raises ValueError: a traceback at the start.
     with pytest.raises(SettingError, match="is not a retry count"):
-        _policy.options({"RUNALWAYS_RETRY": value})
+        _policy.choose({"RUNALWAYS_RETRY": value})
 
 
 def test_an_exit_status_in_non_ascii_digits_is_one_line() -> None:
     with pytest.raises(SettingError, match="is not an exit status"):
-        _policy.options({"RUNALWAYS_CONFLICT_EXIT": "²"})
+        _policy.choose({"RUNALWAYS_CONFLICT_EXIT": "²"})
 
 
 @pytest.mark.parametrize("variable", ["RUNALWAYS_RETRY", "RUNALWAYS_CONFLICT_EXIT"])
 def test_a_number_of_thousands_of_digits_is_one_line(variable: str) -> None:
     # int() refuses more than 4300 digits with ValueError.
     with pytest.raises(SettingError, match=variable):
-        _policy.options({variable: "9" * 5000})
+        _policy.choose({variable: "9" * 5000})
 
 
 def test_a_retry_count_too_large_for_a_float_is_one_line() -> None:
     # N*S of a 400-digit N raised OverflowError.
     with pytest.raises(SettingError, match="is not a retry count"):
-        _policy.options({"RUNALWAYS_RETRY": "9" * 400})
+        _policy.choose({"RUNALWAYS_RETRY": "9" * 400})
 
 
 def test_leading_zeros_still_make_a_retry_count() -> None:
-    assert _policy.options({"RUNALWAYS_RETRY": "0" * 40 + "3,0.5"}).timeout == 1.5
+    assert _policy.choose({"RUNALWAYS_RETRY": "0" * 40 + "3,0.5"}).timeout == 1.5
 
 
 @pytest.mark.parametrize(
@@ -198,9 +198,9 @@ def test_leading_zeros_still_make_a_retry_count() -> None:
 def test_a_malformed_runalways_url_is_one_line_without_its_password(url: str) -> None:
     # psycopg.connect() raised ProgrammingError, quoting the URL's password, as a traceback.
     with environment({"RUNALWAYS_BACKEND": "postgres", "RUNALWAYS_URL": url}):
-        chosen = _policy.options(os.environ)
+        chosen = _policy.choose(os.environ)
         with pytest.raises(SettingError, match="RUNALWAYS_URL is not a connection URL") as raised:
-            chosen.backend(Target(None, display="job", name="job"))
+            chosen.backend(Target(None, display="job", name="job"), chosen)
     assert fuzzing.PASSWORD not in str(raised.value)
 
 

@@ -19,8 +19,8 @@ from typing import Iterator
 import pytest
 from harness import as_nobody, directory_others_can_read, read_line, reap, send, wait_until
 
+from runalways._values import Target
 from runalways.backends import get_class
-from runalways.backends.base import Target
 from runalways.backends.ofd import FLOCK_LAYOUT, OfdBackend
 
 TIMEOUT = 30.0

@@ -16,21 +16,23 @@ from typing import Any, Iterator
 import pytest
 
 import runalways
-from runalways import _policy
+from runalways import _main_script
 
 PROBE = """
 import sys
-from runalways import _policy
+import runalways
+from runalways import _main_script
 frame = sys._getframe()
 _script_results = sys.modules["_probe_results"]
-_script_results.plain = _policy.main_importer(frame, "probe") is not None
-_script_results.statement = _policy.import_statement(_policy.importer(frame))
+_script_results.plain = _main_script.main_importer(frame, "probe", runalways) is not None
+_script_results.statement = _main_script.import_statement(runalways._importer(frame), runalways)
 """
 
 SUBMODULE = """
 import sys
-from runalways import _policy
-sys.modules["_probe_results"].sub = _policy.main_importer(sys._getframe(), "probe.sub") is not None
+import runalways
+from runalways import _main_script
+sys.modules["_probe_results"].sub = _main_script.main_importer(sys._getframe(), "probe.sub", runalways) is not None
 """
 
 
@@ -78,10 +80,10 @@ def fast_path_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(runalways, "_LAYOUTS", {})
     monkeypatch.setattr(runalways, "_layout", None)
 
-    def no_dis(frame: object) -> None:
+    def no_dis(frame: object, reader: object) -> None:
         raise AssertionError("an ordinary import statement was decoded with dis, the slow path")
 
-    monkeypatch.setattr(_policy, "_decoded_statement", no_dis)
+    monkeypatch.setattr(_main_script, "_decoded_statement", no_dis)
 
 
 @pytest.mark.parametrize(("source", "plain", "sub", "statement"), STATEMENTS)
@@ -147,13 +149,13 @@ def test_a_plain_import_runalways_takes_the_fast_path(tmp_path: Path) -> None:
     [("-c", "given the code with -c"), ("-", "from standard input"), ("", "from standard input"), ("x", "no file")],
 )
 def test_no_script_messages_say_why_and_what_to_do(argv0: str, how: str) -> None:
-    message = _policy.no_script_message(argv0)
+    message = _main_script.no_script_message(argv0)
     assert how in message and "save the code in a file and run that file" in message
 
 
 def test_the_main_script_file_is_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["./job.py"])
-    target = _policy.main_script_target({"__file__": "/srv/jobs/job.py"})
+    target = _main_script.main_script_target({"__file__": "/srv/jobs/job.py"})
     assert (target.path, target.display, target.name) == ("/srv/jobs/job.py", "./job.py", "job.py")
 
 
@@ -162,13 +164,13 @@ def test_a_zipapp_locks_its_archive(monkeypatch: pytest.MonkeyPatch) -> None:
         archive = "/srv/app.pyz"
 
     monkeypatch.setattr(sys, "argv", ["app.pyz"])
-    target = _policy.main_script_target({"__file__": "/srv/app.pyz/__main__.py", "__loader__": ZipLoader()})
+    target = _main_script.main_script_target({"__file__": "/srv/app.pyz/__main__.py", "__loader__": ZipLoader()})
     assert (target.path, target.name) == ("/srv/app.pyz", "app.pyz")
 
 
 def test_a_frozen_application_locks_its_executable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    assert _policy.main_script_target({}).path == sys.executable
+    assert _main_script.main_script_target({}).path == sys.executable
 
 
 @pytest.mark.parametrize("file", [None, "<stdin>", "<string>"])
@@ -176,4 +178,4 @@ def test_code_without_a_file_has_no_target(file: str | None) -> None:
     from runalways.errors import NoScriptError
 
     with pytest.raises(NoScriptError, match="no script file to lock"):
-        _policy.main_script_target({"__file__": file} if file else {})
+        _main_script.main_script_target({"__file__": file} if file else {})

@@ -25,8 +25,8 @@ import pytest
 from harness import reap
 
 from runalways import _proc
+from runalways._values import Target
 from runalways.backends import pidfile
-from runalways.backends.base import Target
 from runalways.backends.pidfile import PidfileBackend
 
 TIMEOUT = 30.0
@@ -548,7 +548,7 @@ def test_without_handover_a_daemonised_child_loses_the_lock(tmp_path: Path) -> N
 
 RACER = """
 import os, sys
-from runalways.backends.base import Target
+from runalways._values import Target
 from runalways.backends.pidfile import PidfileBackend
 gate, results, log = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 def say(word):

@@ -5,75 +5,76 @@ from __future__ import annotations
 import pytest
 
 from runalways import _policy
+from runalways._settings import Settings
 from runalways.backends.flock import FlockBackend
 from runalways.errors import SettingError
 
 
 def test_defaults() -> None:
-    chosen = _policy.options({})
+    chosen = _policy.choose({})
     assert (chosen.backend, chosen.silent, chosen.timeout, chosen.skip) == (FlockBackend, False, 0.0, 0)
 
 
 def test_the_environment_wins_over_the_code_for_the_import_and_the_api() -> None:
-    chosen = _policy.options({"RUNALWAYS_SILENT": "0", "RUNALWAYS_RETRY": "3,0.5"}, silent=True, wait=100)
+    chosen = _policy.choose({"RUNALWAYS_SILENT": "0", "RUNALWAYS_RETRY": "3,0.5"}, silent=True, wait=100)
     assert (chosen.silent, chosen.timeout) == (False, 1.5)
 
 
 def test_the_options_typed_win_on_the_command_line() -> None:
     env = {"RUNALWAYS_SILENT": "0", "RUNALWAYS_RETRY": "3,0.5"}
-    chosen = _policy.options(env, silent=True, wait=100, environment_wins=False)
+    chosen = _policy.choose(env, silent=True, wait=100, environment_wins=False)
     assert (chosen.silent, chosen.timeout) == (True, 100)
 
 
 def test_the_environment_fills_in_what_the_command_line_left_out() -> None:
-    chosen = _policy.options({"RUNALWAYS_SILENT": "1", "RUNALWAYS_RETRY": "4"}, environment_wins=False)
+    chosen = _policy.choose({"RUNALWAYS_SILENT": "1", "RUNALWAYS_RETRY": "4"}, environment_wins=False)
     assert (chosen.silent, chosen.timeout) == (True, 4.0)
 
 
 def test_retry_is_a_wait_of_n_times_s() -> None:
-    assert _policy.options({}, retry="4,0.25").timeout == 1.0
-    assert _policy.options({}, retry=(2, 3)).timeout == 6.0
+    assert _policy.choose({}, retry="4,0.25").timeout == 1.0
+    assert _policy.choose({}, retry=(2, 3)).timeout == 6.0
 
 
 def test_waiting_for_ever() -> None:
-    assert _policy.options({}, wait=float("inf")).timeout is None
+    assert _policy.choose({}, wait=float("inf")).timeout is None
 
 
 def test_retry_and_wait_together_are_refused() -> None:
     with pytest.raises(SettingError, match="give retry or wait, not both"):
-        _policy.options({}, retry=1, wait=1)
+        _policy.choose({}, retry=1, wait=1)
 
 
 def test_a_negative_wait_is_refused() -> None:
     with pytest.raises(SettingError, match="wait=-1 is not a number of seconds"):
-        _policy.options({}, wait=-1)
+        _policy.choose({}, wait=-1)
 
 
 def test_an_unknown_backend_keyword_names_the_keyword() -> None:
     with pytest.raises(SettingError, match=r"^backend='nope' is not a known backend; choose one of: fcntl"):
-        _policy.options({}, backend="nope")
+        _policy.choose({}, backend="nope")
 
 
 def test_an_unknown_backend_variable_names_the_variable() -> None:
     with pytest.raises(SettingError, match=r"^RUNALWAYS_BACKEND='nope' is not a known backend"):
-        _policy.options({"RUNALWAYS_BACKEND": "nope"})
+        _policy.choose({"RUNALWAYS_BACKEND": "nope"})
 
 
 def test_hang_settings_default_to_none_and_the_documented_values() -> None:
-    chosen = _policy.options({"RUNALWAYS_SILENT": "1"})
+    chosen = _policy.choose({"RUNALWAYS_SILENT": "1"})
     assert (chosen.deadline, chosen.stale_after, chosen.on_stale, chosen.log) == (None, None, "report", None)
     assert (chosen.kill_grace, chosen.stale_exit) == (10.0, 4)
-    assert (_policy.Options(FlockBackend).kill_grace, _policy.Options(FlockBackend).stale_exit) == (10.0, 4)
+    assert (Settings(FlockBackend).kill_grace, Settings(FlockBackend).stale_exit) == (10.0, 4)
 
 
 def test_hang_settings_from_the_environment_win_over_the_code() -> None:
     env = {"RUNALWAYS_TIMEOUT": "2h", "RUNALWAYS_STALE_AFTER": "45m", "RUNALWAYS_KILL_GRACE": "1m"}
-    chosen = _policy.options(env, deadline="5", stale_after=60, kill_grace=3)
+    chosen = _policy.choose(env, deadline="5", stale_after=60, kill_grace=3)
     assert (chosen.deadline, chosen.stale_after, chosen.kill_grace) == (7200.0, 2700.0, 60.0)
-    typed = _policy.options(env, deadline="5", stale_after=60, kill_grace=3, environment_wins=False)
+    typed = _policy.choose(env, deadline="5", stale_after=60, kill_grace=3, environment_wins=False)
     assert (typed.deadline, typed.stale_after, typed.kill_grace) == (5.0, 60.0, 3.0)
 
 
 def test_a_deadline_keyword_of_0_is_refused() -> None:
     with pytest.raises(SettingError, match=r"^timeout='0' must be longer than 0"):
-        _policy.options({}, deadline=0)
+        _policy.choose({}, deadline=0)

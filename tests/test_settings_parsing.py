@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runalways import _settings
+from runalways import _policy, _settings
+from runalways.backends.flock import FlockBackend
 from runalways.errors import SettingError
 
 
@@ -92,23 +93,38 @@ def test_bad_skip_levels(text: str) -> None:
 
 
 def test_environment_empty_values_are_unset() -> None:
-    found = _settings.FromEnvironment({"RUNALWAYS_SILENT": "", "RUNALWAYS_RETRY": "", "RUNALWAYS_SKIP": ""})
-    assert (found.backend, found.silent, found.retry, found.skip) == (None, None, None, 0)
+    found = _policy.choose({"RUNALWAYS_SILENT": "", "RUNALWAYS_RETRY": "", "RUNALWAYS_SKIP": ""})
+    assert (found.backend, found.silent, found.timeout, found.skip) == (FlockBackend, False, 0.0, 0)
+    assert _settings.from_environment({"RUNALWAYS_RETRY": " "}, "RUNALWAYS_RETRY") is None
 
 
 def test_environment_values_are_parsed() -> None:
-    found = _settings.FromEnvironment(
+    found = _policy.choose(
         {"RUNALWAYS_BACKEND": " fcntl ", "RUNALWAYS_SILENT": "on", "RUNALWAYS_RETRY": "2,0.5", "RUNALWAYS_SKIP": "2"}
     )
-    assert (found.backend, found.silent, found.retry, found.skip) == ("fcntl", True, (2, 0.5), 2)
+    assert (found.backend, found.silent, found.timeout, found.skip) == (FlockBackend, True, 1.0, 2)
+    assert _settings.from_environment({"RUNALWAYS_RETRY": "2,0.5"}, "RUNALWAYS_RETRY") == 1.0
 
 
 def test_unknown_runalways_variables_are_refused_with_the_list() -> None:
     with pytest.raises(
         SettingError, match=r"^RUNALWAYS_SILNET is not a runalways setting \(misspelt\?\); the settings"
     ):
-        _settings.check_unknown({"RUNALWAYS_SILNET": "1", "PATH": "/bin"}, ())
+        _policy.choose({"RUNALWAYS_SILNET": "1", "PATH": "/bin"})
 
 
 def test_variables_a_backend_declares_are_accepted() -> None:
-    _settings.check_unknown({"RUNALWAYS_URL": "postgresql://", "RUNALWAYS_SILENT": "1"}, ("RUNALWAYS_URL",))
+    class ThirdParty(FlockBackend):
+        name = "third-party"
+        variables = ("RUNALWAYS_EXTRA",)
+
+    _settings.resolve({"RUNALWAYS_EXTRA": "x", "RUNALWAYS_SILENT": "1"}, {}, lambda name, where: ThirdParty)
+    with pytest.raises(SettingError, match=r"^RUNALWAYS_EXTRA is not a runalways setting"):
+        _policy.choose({"RUNALWAYS_EXTRA": "x"})
+
+
+def test_the_settings_of_a_backend_are_accepted_with_that_backend_alone() -> None:
+    cluster = {"RUNALWAYS_URL": "postgresql://", "RUNALWAYS_TTL": "5"}
+    assert _policy.choose({"RUNALWAYS_BACKEND": "postgres", **cluster}).ttl == 5.0
+    with pytest.raises(SettingError, match=r"^RUNALWAYS_URL is not a runalways setting"):
+        _policy.choose(cluster)

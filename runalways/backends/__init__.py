@@ -73,6 +73,11 @@ def get_class(name: str, variable: str = "RUNALWAYS_BACKEND") -> "type[Backend]"
     return backend
 
 
+def chosen_backend(name: str, variable: str) -> "type[Backend]":
+    """The backend ``name`` given as ``variable`` says, ready to use here; "" is the default."""
+    return get(name or default_name(), variable)
+
+
 def get(name: str, variable: str = "RUNALWAYS_BACKEND") -> "type[Backend]":
     """The backend class registered as ``name``, ready to use here.
 

@@ -10,7 +10,7 @@ copies from ever running together is the same for every engine, and lives here:
   without the lock when the server cannot be reached).
 * The heartbeat: a daemon thread renews the lock every TTL/3. A renewal that finds the
   lock gone fences at once; one that cannot tell (a slow network) leaves it to the timer.
-* The self-fence: a kernel timer (``runalways._fence``) kills the process with SIGKILL at
+* The self-fence: a kernel timer (``runalways._kernel_kill``) kills the process with SIGKILL at
   the send time of the last confirmed renewal + 0.8 TTL, on CLOCK_BOOTTIME, so the
   holder is dead before the server can give the lock to anyone else.
 * The restart grace: a server younger than the TTL may have forgotten a lock whose holder
@@ -35,17 +35,15 @@ import threading
 import time
 from typing import ClassVar
 
-from runalways._settings import parse_seconds
-from runalways.backends.base import Backend, Target
-from runalways.errors import LockFailed, SettingError
+from runalways.backends.base import Backend
+from runalways.errors import LockFailed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from runalways._fence import KillTimer
+    from runalways._kernel_kill import KillTimer
+    from runalways._settings import Settings
+    from runalways._values import Target
 
-DEFAULT_TTL = 15.0
-#: Below 3 s a heartbeat every TTL/3 meets scheduling and network hiccups too often.
-MIN_TTL = 3.0
 #: The local deadline, as a fraction of the TTL after the last confirmed renewal: the
 #: holder is dead 0.2 TTL before the server can let another host in.
 FENCE_AT = 0.8
@@ -59,7 +57,6 @@ class Unreachable(LockFailed):
 class LeaseBackend(Backend):
     """A lock held on a server as a lease: the shared mechanics of the cluster backends."""
 
-    settings: ClassVar[tuple[str, ...]] = ("RUNALWAYS_URL", "RUNALWAYS_NAME", "RUNALWAYS_TTL", "RUNALWAYS_UNREACHABLE")
     #: The engine's name in messages: "PostgreSQL", "Redis".
     engine: ClassVar[str]
     #: The lock outlives its holder's process unless released (a key with an expiry):
@@ -79,14 +76,16 @@ class LeaseBackend(Backend):
             return f"{called} is not installed: pip install 'runalways[{extra}]'"
         return None
 
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
-        environ = os.environ
-        self.ttl = lease_ttl(environ.get("RUNALWAYS_TTL", ""))
-        self.run_when_unreachable = unreachable_policy(environ.get("RUNALWAYS_UNREACHABLE", ""))
-        self.url = environ.get("RUNALWAYS_URL", "")
+    def __init__(self, target: Target, settings: Settings | None = None) -> None:
+        super().__init__(target, settings)
+        if settings is None:  # defaults would silently ignore the RUNALWAYS_URL of the start
+            raise TypeError(f"the {self.name} backend needs the settings of its start (runalways._policy.choose)")
+        chosen = settings
+        self.ttl = chosen.ttl
+        self.run_when_unreachable = chosen.run_unreachable
+        self.url = chosen.url
         # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
-        given = environ.get("RUNALWAYS_NAME", "").strip()
+        given = chosen.lock_name
         self.lock_name = given if given and target.path is not None else target.name
         self._timer: KillTimer | None = None
         self._beating: threading.Thread | None = None
@@ -129,7 +128,7 @@ class LeaseBackend(Backend):
 
         ``uptime`` is the server's age in seconds, None where the server does not say.
         """
-        from runalways._fence import KillTimer
+        from runalways._kernel_kill import KillTimer
 
         self._stopped = threading.Event()
         try:
@@ -158,7 +157,7 @@ class LeaseBackend(Backend):
 
     def _beat(self) -> bool | None:
         """Renew once; a confirmed renewal moves the fence on."""
-        from runalways._fence import now
+        from runalways._kernel_kill import now
 
         sent = now()
         held = self._renew()
@@ -229,32 +228,6 @@ class LeaseBackend(Backend):
 
     def child_environment(self) -> dict[str, str]:
         return {} if self.token is None else {"RUNALWAYS_TOKEN": str(self.token)}
-
-
-def lease_ttl(text: str) -> float:
-    """RUNALWAYS_TTL in seconds."""
-    if not text.strip():
-        return DEFAULT_TTL
-    ttl = parse_seconds(text, "RUNALWAYS_TTL")
-    if ttl < MIN_TTL:
-        raise SettingError(
-            f"RUNALWAYS_TTL={text!r} is too short for a lease; "
-            f"use {MIN_TTL:g} seconds or more (default {DEFAULT_TTL:g})"
-        )
-    return ttl
-
-
-def unreachable_policy(text: str) -> bool:
-    """RUNALWAYS_UNREACHABLE: True to run without the lock when the server cannot be reached."""
-    value = text.strip().lower()
-    if value in ("", "fail"):
-        return False
-    if value == "run":
-        return True
-    raise SettingError(
-        f"RUNALWAYS_UNREACHABLE={text!r} is not a choice; use fail (do not run, exit 2: the default) "
-        "or run (run without the lock)"
-    )
 
 
 #: Leases this process holds: the fork handler forgets them in a child, and those whose

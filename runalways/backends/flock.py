@@ -15,7 +15,8 @@ try:
 except ImportError:  # Windows: unavailable() says why, and `runalways backends` still lists it
     fcntl = None  # type: ignore[assignment]
 
-from runalways.backends.base import Capabilities, FileLockBackend
+from runalways._values import Capabilities
+from runalways.backends._filelock import FileLockBackend
 
 
 class FlockBackend(FileLockBackend):
@@ -51,7 +52,7 @@ class FlockBackend(FileLockBackend):
 
     def _reopen_for_writing(self, error: "OSError") -> int:
         try:
-            writable = os.open(self.target.file(), os.O_RDWR | os.O_CLOEXEC)
+            writable = os.open(self.lock_file(), os.O_RDWR | os.O_CLOEXEC)
         except OSError:
             raise error from None
         self._close()

@@ -18,11 +18,13 @@ try:
 except ImportError:  # Windows: unavailable() says why, and `runalways backends` still lists it
     fcntl = None  # type: ignore[assignment]
 
-from runalways.backends.base import Capabilities, FileLockBackend
+from runalways._values import Capabilities
+from runalways.backends._filelock import FileLockBackend
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from runalways.backends.base import Target
+    from runalways._settings import Settings
+    from runalways._values import Target
 
 #: (st_dev, st_ino) -> pid of each file this process holds a lockf lock on, whichever
 #: backend object took it. The pid tells a fork child, which holds none, from its parent.
@@ -50,8 +52,8 @@ class LockfBackend(FileLockBackend):
             return "POSIX record locks need the fcntl module, which this platform lacks; use the portalocker backend"
         return None
 
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
+    def __init__(self, target: Target, settings: Settings | None = None) -> None:
+        super().__init__(target, settings)
         self._key: tuple[int, int] | None = None
 
     def _attempt(self, blocking: bool) -> bool:
@@ -72,7 +74,7 @@ class LockfBackend(FileLockBackend):
         if not _held:  # the common case (one lock, taken once) costs no stat
             return False
         try:
-            status = os.stat(self.target.file())
+            status = os.stat(self.lock_file())
         except OSError:
             return False  # no file: the open creates it or says why it cannot
         return _held.get((status.st_dev, status.st_ino)) == os.getpid()

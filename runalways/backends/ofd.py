@@ -18,7 +18,8 @@ try:
 except ImportError:  # Windows: unavailable() says why, and `runalways backends` still lists it
     fcntl = None  # type: ignore[assignment]
 
-from runalways.backends.base import Capabilities, FileLockBackend
+from runalways._values import Capabilities
+from runalways.backends._filelock import FileLockBackend
 
 #: struct flock as the kernel reads it for F_OFD_*: short l_type, short l_whence, off_t
 #: l_start, off_t l_len, pid_t l_pid, in native alignment. "0q" pads the end to the

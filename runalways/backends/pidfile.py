@@ -24,7 +24,7 @@ that make every pidfile ever written unique. The file appears with its full cont
 once: written to a temporary file in the same directory, fsync()ed, then link()ed to
 the pidfile's name, which fails if the name exists. It is 0600 with the sticky bit, as
 every lock file runalways creates: its owner (and root) read it, and age-based cleaners
-leave it alone (``base.LOCK_FILE_MODE``). Where the file system has no hard
+leave it alone (``_filelock.LOCK_FILE_MODE``). Where the file system has no hard
 links (vfat), the pidfile is created with O_EXCL and written in place instead.
 
 **Stale.** A pidfile is stale when its boot id is not this boot's, its pid is gone (or a
@@ -90,15 +90,18 @@ import os
 import time
 
 from runalways import _lockdir, _proc
-from runalways.backends._waiting import poll_until
-from runalways.backends.base import LOCK_FILE_MODE, Backend, Capabilities, Holder
+from runalways._values import Capabilities, Holder
+from runalways._waiting import poll_until
+from runalways.backends._filelock import LOCK_FILE_MODE
+from runalways.backends.base import Backend
 from runalways.errors import LockFailed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict
 
-    from runalways.backends.base import Target
+    from runalways._settings import Settings
+    from runalways._values import Target
 
     Fields = Dict[str, str]
 
@@ -284,8 +287,8 @@ class PidfileBackend(Backend):
             return "it needs Linux's /proc to tell a live holder from a stale pidfile"
         return None
 
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
+    def __init__(self, target: Target, settings: Settings | None = None) -> None:
+        super().__init__(target, settings)
         self._path: str | None = None
         #: The fields of the pidfile this object wrote or took, while it holds it.
         self._fields: Fields | None = None

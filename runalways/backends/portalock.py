@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import errno
 
-from runalways.backends.base import Capabilities, FileLockBackend
+from runalways._values import Capabilities
+from runalways.backends._filelock import FileLockBackend
 
 
 class PortalockerBackend(FileLockBackend):

@@ -18,7 +18,7 @@ How the lock ends, and why another host never runs alongside the holder:
   thread checks every TTL/3 that the lock row is still in ``pg_locks``, which also keeps
   the session from being idle. TCP keepalives cover a host that vanished.
 * Self-fencing: the holder must stop before the server can give the lock away. A kernel
-  timer (``runalways._fence``) kills the process with SIGKILL at the send time of the
+  timer (``runalways._kernel_kill``) kills the process with SIGKILL at the send time of the
   last confirmed heartbeat + 0.8 TTL, on CLOCK_BOOTTIME; each confirmed heartbeat moves
   it on. A heartbeat that finds the lock gone, or the session ended, kills it at once.
 * Server restart: every advisory lock vanishes at once, while the old holder may still
@@ -55,8 +55,8 @@ import re
 import socket
 import time
 
+from runalways._values import Capabilities, Holder, Target
 from runalways.backends._lease import BEATS_PER_TTL, LeaseBackend, Unreachable
-from runalways.backends.base import Capabilities, Holder, Target
 from runalways.errors import LockFailed, SettingError
 
 TYPE_CHECKING = False
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     import psycopg
+
+    from runalways._settings import Settings
 
     Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -130,8 +132,8 @@ class PostgresBackend(LeaseBackend):
 
     client = ("psycopg", "psycopg", "postgres")
 
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
+    def __init__(self, target: Target, settings: Settings | None = None) -> None:
+        super().__init__(target, settings)
         self.url = _checked_url(self.url)
         self.key = lock_key(self.lock_name)
         self._conn: Connection | None = None
@@ -257,7 +259,7 @@ class PostgresBackend(LeaseBackend):
         import psycopg
 
         _keep_devnull()
-        from runalways._fence import now
+        from runalways._kernel_kill import now
 
         xid = "pg_current_xact_id()" if conn.info.server_version >= 130000 else "txid_current()"
         label = f"runalways {os.getpid()} {int(time.time())} {socket.gethostname()}"[:63]

@@ -39,8 +39,9 @@ import os
 import socket
 import time
 
-from runalways.backends._lease import BEATS_PER_TTL, DEFAULT_TTL, LeaseBackend, Unreachable
-from runalways.backends.base import Capabilities, Holder, Target
+from runalways._settings import DEFAULT_TTL
+from runalways._values import Capabilities, Holder, Target
+from runalways.backends._lease import BEATS_PER_TTL, LeaseBackend, Unreachable
 from runalways.errors import LockFailed, SettingError
 
 TYPE_CHECKING = False
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     import redis
+
+    from runalways._settings import Settings
 
     Client = redis.Redis
 
@@ -115,14 +118,14 @@ class RedisBackend(LeaseBackend):
         # host keeps the key until it expires: one TTL (the default's).
         crash_release_seconds=DEFAULT_TTL,
     )
-    settings = (*LeaseBackend.settings, "RUNALWAYS_REDIS_EVICTION")
 
     client = ("redis", "redis-py", "redis")
 
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
+    def __init__(self, target: Target, settings: Settings | None = None) -> None:
+        super().__init__(target, settings)
         _import_client()
-        self.allow_eviction = _eviction_policy(os.environ.get("RUNALWAYS_REDIS_EVICTION", ""))
+        assert settings is not None  # LeaseBackend refuses to start without them
+        self.allow_eviction = settings.allow_eviction
         self.key, self.token_key = lock_keys(self.lock_name)
         self._client: Client | None = None
         self._value = b""
@@ -140,7 +143,7 @@ class RedisBackend(LeaseBackend):
 
     def acquire(self, timeout: float | None) -> bool:
         """Poll (back-off up to 20 ms): Redis has no queue of waiters for a key."""
-        from runalways.backends._waiting import poll_until
+        from runalways._waiting import poll_until
 
         taken = poll_until(self._attempt, float("inf") if timeout is None else timeout, longest=0.02)
         if not taken:
@@ -150,7 +153,7 @@ class RedisBackend(LeaseBackend):
     def _attempt(self) -> bool:
         import redis
 
-        from runalways._fence import now
+        from runalways._kernel_kill import now
 
         client = self._session()
         if client is None:  # unreachable, and RUNALWAYS_UNREACHABLE=run
@@ -499,16 +502,3 @@ def _pid_namespace() -> str:
 
 def _first_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-def _eviction_policy(text: str) -> bool:
-    """RUNALWAYS_REDIS_EVICTION: True to run on a server whose maxmemory-policy may evict the lock."""
-    value = text.strip().lower()
-    if value in ("", "refuse"):
-        return False
-    if value == "allow":
-        return True
-    raise SettingError(
-        f"RUNALWAYS_REDIS_EVICTION={text!r} is not a choice; use refuse (exit 2 on a server that may evict "
-        "the lock: the default) or allow"
-    )

@@ -35,7 +35,7 @@ from harness import (
 
 from runalways import _lockdir
 from runalways.backends import get_class
-from runalways.backends.base import FileLockBackend
+from runalways.backends._filelock import FileLockBackend
 
 RUNALWAYS = [sys.executable, "-m", "runalways"]
 #: The bodies of a job under ``runalways run``: one that holds until its stdin closes, one

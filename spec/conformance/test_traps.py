@@ -27,7 +27,7 @@ from harness import (
 from test_caveats import DAEMONISE, second_copy_refused
 
 from runalways.backends import get_class
-from runalways.backends.base import FileLockBackend
+from runalways.backends._filelock import FileLockBackend
 
 RUNALWAYS = [sys.executable, "-m", "runalways"]
 

@@ -1,7 +1,8 @@
-"""Waiting for a lock, up to a deadline: the kernel's blocking call, or polling.
+"""Waiting, up to a deadline: for a lock in the kernel's blocking call, or for anything by polling.
 
-Loaded only by a copy that waits (RUNALWAYS_RETRY, --wait, ``wait=``): a copy that
-finds the lock free, or gives up at once, never pays for it.
+Loaded only by what waits (RUNALWAYS_RETRY, --wait, ``wait=``, a stale holder killed, a
+deadline's process group): a copy that finds the lock free, or gives up at once, never
+pays for it.
 """
 
 import time
@@ -63,10 +64,15 @@ def wait_for(block: "Callable[[], bool]", attempt: "Callable[[], bool]", timeout
     return granted or attempt()
 
 
-def poll_until(attempt: "Callable[[], bool]", timeout: float, longest: float = 0.05) -> bool:
-    """Try ``attempt`` with a doubling back-off (1 ms up to ``longest``) until it succeeds or time is up."""
+def poll_until(attempt: "Callable[[], bool]", timeout: float, *, first: float = 0.001, longest: float = 0.05) -> bool:
+    """Try ``attempt`` with a doubling back-off (``first`` up to ``longest`` seconds apart) until
+    it succeeds or ``timeout`` seconds are up: True if it succeeded.
+
+    The one back-off loop of runalways: a backend without a blocking call waiting for its
+    lock, a stale holder's death awaited, a command's process group left after a deadline.
+    """
     deadline = time.monotonic() + timeout
-    pause = 0.001
+    pause = first
     while True:
         if attempt():
             return True

@@ -1,4 +1,4 @@
-"""``runalways list``: every lock runalways holds on this machine, checked against the lock itself.
+"""Every lock runalways holds on this machine, checked against the lock itself (``runalways list``).
 
 Nothing is recorded when a lock is taken: every cron start would pay for it, and a record
 outlives a holder that is killed. The list is made from what holds now:
@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 
 from runalways import _lockdir, _proc
+from runalways._values import Holder, Target
 from runalways.backends import get_class
-from runalways.backends.base import Backend, Holder, Target
+from runalways.backends.base import Backend
 
 #: The backend that takes each kind of kernel lock (flock is also portalocker's on Linux).
 BACKEND_OF_KIND = {"FLOCK": "fcntl", "POSIX": "lockf", "OFDLCK": "ofd"}
@@ -30,7 +31,7 @@ DELETED = " (deleted)"
 
 
 def lock_directories() -> list[str]:
-    chosen = os.environ.get("RUNALWAYS_DIR")
+    chosen = _lockdir.chosen_directory()
     folders = [os.path.abspath(chosen)] if chosen and os.path.isdir(chosen) else []
     return list(dict.fromkeys(folders + _lockdir.default_directories()))
 

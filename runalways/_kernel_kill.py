@@ -1,5 +1,11 @@
-"""Self-fencing: a kernel timer that kills this process when its lease may have run out.
+"""The kernel kills this process when it must stop: a lease that may have run out, a deadline, a dead parent.
 
+Three uses of one idea, that only the kernel can promise a process ends on time:
+:class:`KillTimer` is the self-fence of a cluster lock (``runalways.backends._lease``),
+:func:`arm_deadline` is a guarded script's RUNALWAYS_TIMEOUT, and :func:`die_with_parent`
+keeps the command of ``runalways run`` from running on without the lock.
+
+**The self-fence.**
 A lock held on a remote server (a lease) can be lost without the holder noticing: the
 host is suspended, the process is stopped, the network is cut. The server then gives the
 lock to another host after the lease's TTL, and the old holder must have stopped by then.
