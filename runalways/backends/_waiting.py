@@ -63,10 +63,10 @@ def wait_for(block: "Callable[[], bool]", attempt: "Callable[[], bool]", timeout
     return granted or attempt()
 
 
-def poll_until(attempt: "Callable[[], bool]", timeout: float, longest: float = 0.05) -> bool:
-    """Try ``attempt`` with a doubling back-off (1 ms up to ``longest``) until it succeeds or time is up."""
+def poll_until(attempt: "Callable[[], bool]", timeout: float, longest: float = 0.05, first: float = 0.001) -> bool:
+    """Try ``attempt`` with a doubling back-off (``first`` up to ``longest``) until it succeeds or time is up."""
     deadline = time.monotonic() + timeout
-    pause = 0.001
+    pause = first
     while True:
         if attempt():
             return True
