@@ -137,13 +137,9 @@ def parse_retry(value: "RetryValue", where: str) -> "Retry | None":
     return count, pause
 
 
-def retry_seconds(value: "RetryValue", where: str) -> float:
-    """Sys::RunAlone's retry N,S as a wait of up to N*S seconds.
-
-    The waiter gets in the moment the lock is free rather than at the next S-second mark.
-    """
-    count, pause = parse_retry(value, where) or (0, 0.0)
-    return count * pause
+def _seconds_of(retry: "Any") -> float:
+    count, pause = retry
+    return float(count * pause)
 
 
 def parse_wait(value: object, where: str) -> float:
@@ -301,7 +297,7 @@ SETTINGS: "Tuple[Setting, ...]" = (
     Setting(
         attribute="retry",
         variable="RUNALWAYS_RETRY",
-        parse=retry_seconds,
+        parse=parse_retry,
         default=None,
         allowed="`N` or `N,S` (S defaults to 1, fractions allowed)",
         about="wait up to N×S seconds for the other copy, getting in the moment it ends; then apply the policy",  # noqa: RUF001
@@ -618,11 +614,13 @@ def resolve(
         text = environ.get(setting.variable, "").strip()
         return setting.parse(text, setting.variable) if text else None
 
-    def merged(setting: Setting, coded: object) -> object:
-        from_environment = environment(setting)
+    def merged_value(from_environment: object, coded: object) -> object:
         if from_environment is not None and (environment_wins or coded is None):
             return from_environment
         return coded
+
+    def merged(setting: Setting, coded: object) -> object:
+        return merged_value(environment(setting), coded)
 
     core = [setting for setting in SETTINGS if setting.backends is None and setting.attribute != "backend"]
     coded = {setting.attribute: code(setting) for setting in core}
@@ -643,11 +641,12 @@ def resolve(
             values[setting.attribute] = merged(setting, code(setting))
 
     chosen = Settings(backend)
-    # RUNALWAYS_RETRY from the environment, else retry= or wait= from the code: one wait.
-    retry = BY_ATTRIBUTE["retry"]
-    waited = environment(retry)
-    if waited is None or (not environment_wins and (coded["retry"] is not None or coded["wait"] is not None)):
-        waited = coded["retry"] if coded["retry"] is not None else coded["wait"]
+    # RUNALWAYS_RETRY, or retry= or wait= from the code: one wait. Sys::RunAlone's N tries
+    # S seconds apart is a wait of up to N*S seconds, in which the waiter gets in the moment
+    # the lock is free rather than at the next S-second mark.
+    in_code = coded["wait"] if coded["retry"] is None else _seconds_of(coded["retry"])
+    in_environment = environment(BY_ATTRIBUTE["retry"])
+    waited = merged_value(None if in_environment is None else _seconds_of(in_environment), in_code)
     chosen.timeout = None if waited == float("inf") else float(waited or 0.0)  # type: ignore[arg-type]
     for attribute, value in values.items():
         if attribute not in ("retry", "wait") and value is not None:

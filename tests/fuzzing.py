@@ -14,8 +14,9 @@ import os
 
 from hypothesis import strategies as st
 
-from runalways import _settings, cli
+from runalways import _settings
 from runalways.backends import get_class, names
+from runalways.cli.parser import build_parser
 
 #: The password every fuzzed RUNALWAYS_URL carries; it must never appear in any output.
 PASSWORD = "s3cr3t-Pa55"
@@ -32,7 +33,7 @@ def variables() -> tuple[str, ...]:
 def cli_options() -> dict[str, list[tuple[str, bool]]]:
     """Subcommand -> its options as (option string, takes a value), read from the parser."""
     commands: dict[str, list[tuple[str, bool]]] = {}
-    for action in cli._parser()._actions:
+    for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command, parser in action.choices.items():
                 commands[command] = [

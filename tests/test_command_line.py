@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 import runalways
-from runalways import _completion, _listing, cli
 from runalways._values import Capabilities
 from runalways.backends import names
+from runalways.cli import backends as listing
+from runalways.cli import completion
+from runalways.cli.parser import build_parser
 
 PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
 
@@ -42,7 +44,7 @@ def capabilities(**changed: object) -> Capabilities:
 
 
 def test_the_plain_words_come_from_the_declaration() -> None:
-    assert _listing.survives(capabilities()) == [
+    assert listing.survives(capabilities()) == [
         "survives fork",
         "lost on exec",
         "lost on replace",
@@ -50,7 +52,7 @@ def test_the_plain_words_come_from_the_declaration() -> None:
         "one host",
         "anyone who can read the script can hold it",
     ]
-    flipped = _listing.survives(
+    flipped = listing.survives(
         capabilities(
             kept_by_fork_child=False,
             kept_across_exec=True,
@@ -72,7 +74,7 @@ def test_the_plain_words_come_from_the_declaration() -> None:
         "needs write access to the script",
         "only the user running it can hold it",
     ]
-    named = _listing.survives(capabilities(identity="name"))
+    named = listing.survives(capabilities(identity="name"))
     assert named[-1] == "anyone with the lock's name can hold it"
 
 
@@ -81,23 +83,23 @@ def test_the_plain_words_come_from_the_declaration() -> None:
     [("``fcntl`` backend", "fcntl backend"), (":func:`os.fork` and `x`", "os.fork and x"), ("no markup", "no markup")],
 )
 def test_markup_is_taken_out(text: str, plain: str) -> None:
-    assert _listing.plain(text) == plain
+    assert listing.plain(text) == plain
 
 
 def test_the_table_fits_a_narrow_terminal_and_never_breaks_a_phrase() -> None:
-    table = _listing.as_table(80)
+    table = listing.as_table(80)
     assert max(len(line) for line in table.splitlines()) <= 80
     assert "survives fork" in table and "anyone who can read the script can hold it" in table
 
 
 def test_completion_sees_every_command_and_option_of_the_parser() -> None:
-    parser = cli._parser()
-    seen = {command.name: command for command in _completion.commands(parser)}
+    parser = build_parser()
+    seen = {command.name: command for command in completion.commands(parser)}
     assert set(seen) == {"", "run", "status", "list", "backends", "completion"}
     assert {"--version", "-V"} <= set(seen[""].option_words())
     run_options = {option: value for strings, value, *_ in seen["run"].options for option in strings}
-    assert run_options["--backend"] == names() and run_options["--lock"] == _completion.FILES
+    assert run_options["--backend"] == names() and run_options["--lock"] == completion.FILES
     assert run_options["--alone"] is None  # a flag takes no value
-    assert seen["run"].positional == _completion.COMMAND and "--" in seen["run"].option_words()
-    assert seen["status"].positional == _completion.FILES
+    assert seen["run"].positional == completion.COMMAND and "--" in seen["run"].option_words()
+    assert seen["status"].positional == completion.FILES
     assert seen["completion"].positional == ["bash", "zsh"]

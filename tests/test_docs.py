@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runalways.cli import DOCS
+from runalways.cli.parser import DOCS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runalways import _policy, cli
+from runalways import _policy
 from runalways._values import Target
 from runalways.backends import names, pidfile
+from runalways.cli.parser import build_parser
 from runalways.errors import RunAlwaysError, SettingError
 
 TYPE_CHECKING = False
@@ -118,7 +119,7 @@ def test_any_command_line_parses_or_is_one_line_and_exit_2(argv: list[str]) -> N
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
         try:
-            cli._parser().parse_args(argv)
+            build_parser().parse_args(argv)
         except SystemExit as ended:
             if "--help" not in argv:
                 assert ended.code == 2, (ended.code, errors.getvalue())
@@ -228,6 +229,6 @@ def test_an_argument_with_a_newline_or_an_escape_is_refused_in_one_line(argument
     # argparse quoted it as given: "unrecognized arguments: \n" took two lines.
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors), pytest.raises(SystemExit) as ended:
-        cli._parser().parse_args(["backends", argument])
+        build_parser().parse_args(["backends", argument])
     assert ended.value.code == 2
     assert errors.getvalue().count("\n") == 1 and "\x1b" not in errors.getvalue() and "\r" not in errors.getvalue()

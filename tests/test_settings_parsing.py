@@ -103,7 +103,7 @@ def test_environment_values_are_parsed() -> None:
         {"RUNALWAYS_BACKEND": " fcntl ", "RUNALWAYS_SILENT": "on", "RUNALWAYS_RETRY": "2,0.5", "RUNALWAYS_SKIP": "2"}
     )
     assert (found.backend, found.silent, found.timeout, found.skip) == (FlockBackend, True, 1.0, 2)
-    assert _settings.from_environment({"RUNALWAYS_RETRY": "2,0.5"}, "RUNALWAYS_RETRY") == 1.0
+    assert _settings.from_environment({"RUNALWAYS_RETRY": "2,0.5"}, "RUNALWAYS_RETRY") == (2, 0.5)
 
 
 def test_unknown_runalways_variables_are_refused_with_the_list() -> None:
