@@ -447,7 +447,7 @@ SETTINGS: "Tuple[Setting, ...]" = (
         default=None,
         allowed="a directory only you can write to",
         about="where lock files runalways creates itself go (`private`, `path`, `--name`, `runalways run`, "
-        "pidfiles); default `~/.runalways/<host>` (see [Where lock files live](docs/lock-files.md)); "
+        "pidfiles); default `~/.runalways/<machine id>` (see [Where lock files live](docs/lock-files.md)); "
         "set it for every start of a job, or for none",
     ),
     Setting(
@@ -457,8 +457,8 @@ SETTINGS: "Tuple[Setting, ...]" = (
         default="",
         allowed="`postgres`: a libpq URL or `key=value` string; `redis`: `redis://[user:password@]host:port/db`, "
         "`rediss://…` (TLS) or `unix:///path/to/socket`",
-        about="the server that holds the lock (default: `postgres` the standard `PG*` variables and `~/.pgpass`, "
-        "`redis` `redis://localhost:6379/0`)",
+        about="the server that holds the lock; default `postgres`: the standard `PGHOST`, `PGPORT`, `PGUSER`, "
+        "`PGDATABASE`, `PGPASSWORD` / `~/.pgpass`; `redis`: `redis://localhost:6379/0`",
         backends=CLUSTER,
     ),
     Setting(
@@ -467,7 +467,8 @@ SETTINGS: "Tuple[Setting, ...]" = (
         parse=parse_text,
         default=None,
         allowed="a name",
-        about="the lock name of a guarded script, the same on every host (default: the script's file name)",
+        about="the lock name of a guarded script, the same on every host (`--name` / `name=` name a lock "
+        "directly); default: the script's file name",
         backends=CLUSTER,
     ),
     Setting(

@@ -94,6 +94,7 @@ def guard(
     fork: str | None = None,
     conflict_exit: int | None = None,
     timeout: float | str | None = None,
+    kill_grace: float | str | None = None,
     stale_after: float | str | None = None,
 ) -> Backend | None:
     """Apply ``policy`` ("always" or "alone") now; return the backend holding the lock.
@@ -104,7 +105,7 @@ def guard(
     returns the same backend. ``identity`` ("inode" or "path") and ``fork`` ("inherit"
     or "close") are RUNALWAYS_IDENTITY and RUNALWAYS_FORK. ``timeout`` (RUNALWAYS_TIMEOUT,
     a duration such as 90, "45m" or "2h") ends this process with SIGTERM at that deadline,
-    and SIGKILL RUNALWAYS_KILL_GRACE seconds later; ``stale_after``
+    and SIGKILL ``kill_grace`` (RUNALWAYS_KILL_GRACE, default 10) seconds later; ``stale_after``
     (RUNALWAYS_STALE_AFTER) reports a holder older than that instead of exiting silently.
     """
     if policy not in (_policy.ALWAYS, _policy.ALONE):
@@ -119,6 +120,7 @@ def guard(
         fork=fork,
         conflict_exit=conflict_exit,
         deadline=timeout,
+        kill_grace=kill_grace,
         stale_after=stale_after,
     )
     wanted = target(path, name, chosen)

@@ -1,4 +1,8 @@
-"""The documentation's links resolve, and ``runalways --help`` points to every page of docs/."""
+"""The documentation's links resolve, ``runalways --help`` points to every page of docs/, and the
+settings tables of the README and docs/cluster.md are the settings table of the code.
+
+``python tests/test_docs.py`` writes the settings tables anew after a setting changed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from runalways._settings import SETTINGS
 from runalways.cli.parser import DOCS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +55,42 @@ def test_the_readme_and_the_help_point_to_every_page_of_docs() -> None:
         [sys.executable, "-m", "runalways", "--help"], capture_output=True, text=True, timeout=30, check=True
     )
     assert all(page in shown.stdout for page in pages), shown.stdout
+
+
+#: The lines around a generated settings table.
+BEGIN = "<!-- settings table: generated from runalways/_settings.py, do not edit by hand -->"
+END = "<!-- end of settings table -->"
+#: Where each table stands: the core's settings in the README, the cluster backends' in their page.
+TABLES = {ROOT / "README.md": False, ROOT / "docs" / "cluster.md": True}
+
+
+def settings_table(cluster: bool) -> str:
+    """The Markdown table of the settings that every backend reads, or of those the cluster backends add."""
+    rows = ["| variable | values | effect |", "|---|---|---|"]
+    for setting in SETTINGS:
+        if setting.variable is not None and (setting.backends is not None) == cluster:
+            rows.append(f"| `{setting.variable}` | {setting.allowed} | {setting.about} |")
+    return "\n".join(rows)
+
+
+def _written(text: str) -> str:
+    _, begin, rest = text.partition(BEGIN + "\n")
+    table, end, _after = rest.partition("\n" + END)
+    assert begin and end, f"no lines {BEGIN!r} ... {END!r} around the settings table"
+    return table
+
+
+@pytest.mark.parametrize("page", TABLES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_the_settings_table_of_the_documentation_is_the_code_s(page: Path) -> None:
+    assert _written(page.read_text()) == settings_table(TABLES[page]), "run: python tests/test_docs.py"
+
+
+def test_every_setting_says_what_it_does_and_what_it_takes() -> None:
+    for setting in SETTINGS:
+        assert setting.allowed and setting.about and "|" not in setting.allowed + setting.about, setting.attribute
+
+
+if __name__ == "__main__":
+    for page, cluster in TABLES.items():
+        text = page.read_text()
+        page.write_text(text.replace(_written(text), settings_table(cluster), 1))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
-from runalways import _policy
-from runalways._settings import Settings
+from runalways import _policy, api
+from runalways._settings import SETTINGS, Settings
 from runalways.backends.flock import FlockBackend
 from runalways.errors import SettingError
 
@@ -78,3 +80,16 @@ def test_hang_settings_from_the_environment_win_over_the_code() -> None:
 def test_a_deadline_keyword_of_0_is_refused() -> None:
     with pytest.raises(SettingError, match=r"^timeout='0' must be longer than 0"):
         _policy.choose({}, deadline=0)
+
+
+def test_the_keywords_of_the_api_are_those_of_the_settings_table() -> None:
+    # A setting the table gives a keyword is a keyword of guard(); lock() takes those of the
+    # wait and the backend. The other parameters choose the policy and the lock, not a setting.
+    keywords = {setting.keyword for setting in SETTINGS if setting.keyword is not None}
+    assert set(inspect.signature(api.guard).parameters) - {"policy", "path", "name"} == keywords
+    assert set(inspect.signature(api.lock).parameters) - {"path", "name"} <= keywords
+
+
+def test_a_kill_grace_keyword_needs_a_deadline_or_a_kill_to_mean_something() -> None:
+    chosen = _policy.choose({}, deadline="1h", kill_grace="30")
+    assert (chosen.deadline, chosen.kill_grace) == (3600.0, 30.0)

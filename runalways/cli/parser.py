@@ -71,6 +71,7 @@ DOCS = (
     ("docs/api.md", "runalways.api: guard(), lock(), heartbeat(), token()"),
     ("docs/traps.md", "the traps other guards fall into"),
     ("docs/benchmarks.md", "start-up and hand-over against the peers"),
+    ("docs/reliability.md", "what we promise: chaos soak, fuzzed input, injected faults, bugs found"),
 )
 
 
