@@ -223,7 +223,7 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
                 wait="import runalways\n",
                 # The import guard gives its lock up at exit; the holder of a hand-over
                 # releases it at once instead, as exit would, without the interpreter's shutdown.
-                release="for _held in runalways._policy.held:\n    _held.release()\n",
+                release="for _held in runalways._policy.guarding:\n    _held.release()\n",
                 env=env,
                 wait_env={"RUNALWAYS_RETRY": f"{WAIT_SECONDS},1"},
                 kernel_wait=kernel,
@@ -275,7 +275,7 @@ def baseline(ref: str, project: Path, destination: Path) -> Guard:
         how=f"`import runalways`, the sources of git revision {ref} first on PYTHONPATH",
         lock="import runalways\n",
         wait="import runalways\n",
-        release="for _held in runalways._policy.held:\n    _held.release()\n",
+        release="for _held in runalways._policy.guarding:\n    _held.release()\n",
         env={"PYTHONPATH": str(destination)},
         wait_env={"RUNALWAYS_RETRY": f"{WAIT_SECONDS},1"},
         kernel_wait=True,

@@ -44,7 +44,7 @@ def _file_for_key(key: str) -> str:
     return lock_file_for("heartbeat:" + key, os.path.basename(key), suffix=".beat")
 
 
-def beat(held: list[Backend], *, rate_limited: bool = True) -> None:
+def beat(locks: list[Backend], *, rate_limited: bool = True) -> None:
     """Mark progress for every lock this process holds, or for the lock of the ``runalways run`` around it."""
     global _next_beat
     now = time.monotonic()
@@ -52,12 +52,12 @@ def beat(held: list[Backend], *, rate_limited: bool = True) -> None:
         return
     _next_beat = now + INTERVAL
     try:
-        for holding in held:
+        for holding in locks:
             if id(holding) not in _files:
                 _files[id(holding)] = file_for(holding)
             _touch(_files[id(holding)], os.getpid())
         inherited = os.environ.get("RUNALWAYS_HEARTBEAT", "")
-        if not held and inherited:
+        if not locks and inherited:
             pid, _, key = inherited.partition(" ")
             if pid.isdigit() and key:
                 if -1 not in _files:

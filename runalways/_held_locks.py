@@ -36,7 +36,7 @@ def lock_directories() -> list[str]:
     return list(dict.fromkeys(folders + _lockdir.default_directories()))
 
 
-def held() -> list[tuple[Backend, Holder]]:
+def on_this_machine() -> list[tuple[Backend, Holder]]:
     """Each lock runalways holds here, as the backend that looks at it and its holder."""
     folders = set(lock_directories())
     found: list[tuple[Backend, Holder]] = []

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 ALWAYS = "always"
 ALONE = "alone"
 
-#: Backends holding a lock for this process; kept referenced until the process ends.
-held: "list[Backend]" = []
+#: The locks this process took as a guard (import, ``api.guard()``, ``runalways run``),
+#: oldest first; kept referenced until the process ends. ``api.held()`` shows them.
+guarding: "list[Backend]" = []
 
 
 def choose(environ: "Mapping[str, str]", *, environment_wins: bool = True, **given: object) -> Settings:
@@ -153,7 +154,7 @@ def enforce(policy: str, target: "Target", chosen: Settings) -> "Backend":
             say(f"A copy of '{target.display}' is already running{about}")
         raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
     backend = outcome
-    held.append(backend)
+    guarding.append(backend)
     if chosen.fork == "close":
         backend.close_in_forked_children()
     if backend.unlocked is not None:  # never silently: the user chose to run unguarded

@@ -152,15 +152,15 @@ def lock(
     """Hold a lock for the ``with`` block; raise AlreadyRunning if another process has it."""
     chosen = _policy.choose(os.environ, backend=backend, retry=retry, wait=wait)
     wanted = target(path, name, chosen)
-    held = _policy.take(wanted, chosen, stale=False)
-    if isinstance(held, _policy.Refused):
-        holder = held.holder()
+    taken = _policy.take(wanted, chosen, stale=False)
+    if isinstance(taken, _policy.Refused):
+        holder = taken.holder()
         about = f" ({holder.describe()})" if holder is not None else ""
         raise AlreadyRunning(f"the lock for '{wanted.display}' is held by another process{about}", holder)
     try:
-        yield held
+        yield taken
     finally:
-        held.release()
+        taken.release()
 
 
 def held() -> list[Backend]:
@@ -176,8 +176,8 @@ def held() -> list[Backend]:
 
         descriptor, script, display = runalways._plain_lock.pop()
         plain = Target(script, display=display, name=os.path.basename(script))
-        _policy.held.insert(0, FlockBackend.adopt(plain, descriptor))
-    return _policy.held
+        _policy.guarding.insert(0, FlockBackend.adopt(plain, descriptor))
+    return _policy.guarding
 
 
 def handover(pid: int | None = None) -> None:

@@ -72,6 +72,7 @@ DOCS = (
     ("docs/traps.md", "the traps other guards fall into"),
     ("docs/benchmarks.md", "start-up and hand-over against the peers"),
     ("docs/reliability.md", "what we promise: chaos soak, fuzzed input, injected faults, bugs found"),
+    ("docs/architecture.md", "the layers of the code; where a new setting, backend or policy goes"),
 )
 
 

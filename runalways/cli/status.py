@@ -144,11 +144,11 @@ def _holders_of_removed_files(target: Target, asked: Backend) -> bool:
 
 def list_locks(arguments: argparse.Namespace) -> int:
     """Every lock held here, oldest first: a table for people, or JSON lines."""
-    from runalways._held_locks import held
+    from runalways._held_locks import on_this_machine
 
     stale_after = _policy.choose(os.environ, environment_wins=False, **given_settings(arguments, "list")).stale_after
     entries = []
-    for backend, holder in held():
+    for backend, holder in on_this_machine():
         entry = _facts(backend, holder, stale_after)
         entry["note"] = holder.note
         entries.append(entry)

@@ -1,4 +1,4 @@
-"""Unit tests of how the policy merges the environment with the caller's keywords."""
+"""How the settings of a start are merged: the environment, the keywords of the code, the options typed."""
 
 from __future__ import annotations
 
