@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -126,3 +127,26 @@ def test_empty_values_count_as_unset(procs: Procs) -> None:
     outcome = procs.run_python(job, env=empty)
     assert outcome.returncode == 0 and outcome.stdout == "body\n"
     assert outcome.stderr.startswith(f"'{job}' has been started at ")
+
+
+@pytest.mark.clause("R3.7")
+def test_one_rule_reads_a_setting_from_the_environment_the_code_and_the_command_line(procs: Procs) -> None:
+    loud = {"RUNALWAYS_SILENT": "0"}
+    # The code asks for silence; the environment says otherwise, and wins.
+    in_code = procs.script("in_code.py", "import runalways.api\nrunalways.api.guard(silent=True)\n", header="")
+    outcome = procs.run_python(in_code, env=loud)
+    assert outcome.returncode == 0 and "has been started at" in outcome.stderr, outcome
+    # On the command line the option typed wins over the environment.
+    typed = procs.run([sys.executable, "-m", "runalways", "run", "--silent", "--name", "typed", "--", "true"], env=loud)
+    assert (typed.returncode, typed.stderr) == (0, ""), typed
+    untyped = procs.run([sys.executable, "-m", "runalways", "run", "--name", "typed", "--", "true"], env=loud)
+    assert untyped.returncode == 0 and "has been started at" in untyped.stderr, untyped
+
+
+@pytest.mark.clause("R3.7")
+def test_a_setting_of_another_backend_is_refused(procs: Procs) -> None:
+    job = procs.script("job.py", "print('body')\n")
+    foreign = "RUNALWAYS_REDIS_EVICTION" if procs.backend != "redis" else "RUNALWAYS_BOGUS_SETTING"
+    outcome = procs.run_python(job, env={foreign: "allow"})
+    assert outcome.returncode == 2 and outcome.stdout == ""
+    assert_one_line_error(outcome.stderr, f"{foreign} is not a runalways setting")
