@@ -645,9 +645,10 @@ def resolve(
     # RUNALWAYS_RETRY, or retry= or wait= from the code: one wait. Sys::RunAlone's N tries
     # S seconds apart is a wait of up to N*S seconds, in which the waiter gets in the moment
     # the lock is free rather than at the next S-second mark.
-    in_code = coded["wait"] if coded["retry"] is None else _seconds_of(coded["retry"])
-    in_environment = environment(BY_ATTRIBUTE["retry"])
-    waited = merged_value(None if in_environment is None else _seconds_of(in_environment), in_code)
+    wait_in_code = coded["wait"] if coded["retry"] is None else _seconds_of(coded["retry"])
+    retry_in_environment = environment(BY_ATTRIBUTE["retry"])
+    wait_in_environment = None if retry_in_environment is None else _seconds_of(retry_in_environment)
+    waited = merged_value(wait_in_environment, wait_in_code)
     chosen.timeout = None if waited == float("inf") else float(waited or 0.0)  # type: ignore[arg-type]
     for attribute, value in values.items():
         if attribute not in ("retry", "wait") and value is not None:
@@ -658,18 +659,18 @@ def resolve(
 
 def _check_together(environ: "Mapping[str, str]", chosen: Settings) -> None:
     """Settings that mean nothing without another: said, never silently ignored."""
-    if chosen.stale_after is None and (environment_given(environ, "RUNALWAYS_ON_STALE", "RUNALWAYS_STALE_EXIT")):
+    if chosen.stale_after is None and (_given(environ, "RUNALWAYS_ON_STALE", "RUNALWAYS_STALE_EXIT")):
         raise _invalid(
             "RUNALWAYS_ON_STALE and RUNALWAYS_STALE_EXIT say what to do with a stale holder, "
             "but no limit says when one is stale: set RUNALWAYS_STALE_AFTER (such as 2h) too"
         )
-    if environment_given(environ, "RUNALWAYS_KILL_GRACE") and chosen.deadline is None and chosen.on_stale != "kill":
+    if _given(environ, "RUNALWAYS_KILL_GRACE") and chosen.deadline is None and chosen.on_stale != "kill":
         raise _invalid(
             "RUNALWAYS_KILL_GRACE is the time from SIGTERM to SIGKILL, but nothing here sends SIGTERM: "
             "set RUNALWAYS_TIMEOUT, or RUNALWAYS_STALE_AFTER with RUNALWAYS_ON_STALE=kill, too"
         )
 
 
-def environment_given(environ: "Mapping[str, str]", *names: str) -> bool:
+def _given(environ: "Mapping[str, str]", *names: str) -> bool:
     """Whether any of the variables ``names`` is set to something other than blanks."""
     return any(environ.get(name, "").strip() for name in names)
