@@ -1,4 +1,5 @@
-"""What tests/ and spec/ share: one PostgreSQL and one Redis server for each pytest process.
+"""What tests/ and spec/ share: how many workers ``-n auto`` starts, and one PostgreSQL and one
+Redis server for each pytest process.
 
 Each pytest-xdist worker starts its own (tests/servers.py), on first use, a lease old before
 any test gets it (a younger server makes every new holder wait out the restart grace).
@@ -9,10 +10,28 @@ reconfigures these servers (a test that does starts a server of its own).
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
 from servers import PostgresServer, RedisServer, ServerProcess, aged
+
+#: pytest-xdist workers a core for ``-n auto``.
+WORKERS_PER_CORE = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: two workers a core, where pytest-xdist starts one.
+
+    Most of a case's time is spent waiting on the processes and servers it started (leases,
+    heartbeats, deadlines, a stopped holder's fence), so with one worker a core the cores
+    sat idle about a third of the run. PYTEST_XDIST_AUTO_NUM_WORKERS, when set, and
+    ``-n logical`` still get pytest-xdist's own count.
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or config.option.numprocesses == "logical":
+        return None
+    return WORKERS_PER_CORE * len(os.sched_getaffinity(0))
 
 
 @pytest.fixture(scope="session")
