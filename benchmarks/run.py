@@ -186,23 +186,23 @@ def own_servers(wanted: bool) -> Iterator[None]:
         yield
         return
     sys.path.insert(0, str(PROJECT / "tests"))
-    import pgserver
-    import redisserver
+    import servers
 
     from runalways._settings import DEFAULT_TTL
 
     with contextlib.ExitStack() as stack:
-        started = []  # (variable, the helper module of its engine, the server's URL)
-        if not os.environ.get("BENCHMARK_URL_POSTGRES"):
-            url = stack.enter_context(pgserver.running(pgserver.required_bindir())).url
-            started.append(("BENCHMARK_URL_POSTGRES", pgserver, url))
-        if not os.environ.get("BENCHMARK_URL_REDIS"):
-            url = stack.enter_context(redisserver.running(redisserver.required_binary())).url
-            started.append(("BENCHMARK_URL_REDIS", redisserver, url))
-        for variable, helper, url in started:
+        started = {  # started together, so that they age together
+            variable: stack.enter_context(server())
+            for variable, server in (
+                ("BENCHMARK_URL_POSTGRES", servers.PostgresServer),
+                ("BENCHMARK_URL_REDIS", servers.RedisServer),
+            )
+            if not os.environ.get(variable)
+        }
+        for variable, started_server in started.items():
             # A server younger than the lease makes the first holders wait out its restart grace.
-            helper.wait_until_older_than(url, DEFAULT_TTL)
-            os.environ[variable] = url
+            started_server.wait_until_older_than(DEFAULT_TTL)
+            os.environ[variable] = started_server.url
         yield
 
 

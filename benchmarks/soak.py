@@ -390,17 +390,10 @@ def server_for(backend: str) -> Iterator[dict[str, str]]:
     """The settings a backend needs: for a cluster backend, a server of its own that the test
     suite's helpers start on 127.0.0.1 (and stop); nothing for the others."""
     _import_test_helpers()
-    if backend == "postgres":
-        import pgserver
+    import servers
 
-        with pgserver.running(pgserver.required_bindir()) as server:
-            pgserver.wait_until_older_than(server.url, LEASE_TTL)
-            yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
-    elif backend == "redis":
-        import redisserver
-
-        with redisserver.running(redisserver.required_binary()) as server:
-            redisserver.wait_until_older_than(server.url, LEASE_TTL)
+    if backend in servers.SERVERS:
+        with servers.aged(servers.SERVERS[backend](), LEASE_TTL) as server:
             yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
     else:
         yield {}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import servers
 from harness import Procs, directory_others_can_read
 
 from runalways.backends import get_class, names
@@ -48,28 +49,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 #: The cluster backends' lease in the suite: short, so that lease cases stay fast.
-LEASE_TTL = 3.0
+LEASE_TTL = servers.LEASE_TTL
 
 
 @pytest.fixture(scope="session")
-def postgres_settings() -> Iterator[dict[str, str]]:
-    """A PostgreSQL server of this worker's own, for the postgres backend's run of the suite."""
-    import pgserver
-
-    with pgserver.running(pgserver.required_bindir()) as server:
-        # A server younger than the lease makes every holder wait out the restart grace.
-        pgserver.wait_until_older_than(server.url, LEASE_TTL)
-        yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
+def postgres_settings(postgres_server: servers.ServerProcess) -> dict[str, str]:
+    """The postgres backend's settings: this worker's PostgreSQL server (the root conftest.py's)."""
+    return {"RUNALWAYS_URL": postgres_server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
 
 
 @pytest.fixture(scope="session")
-def redis_settings() -> Iterator[dict[str, str]]:
-    """A Redis server of this worker's own, for the redis backend's run of the suite."""
-    import redisserver
-
-    with redisserver.running(redisserver.required_binary()) as server:
-        redisserver.wait_until_older_than(server.url, LEASE_TTL)
-        yield {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
+def redis_settings(redis_server: servers.ServerProcess) -> dict[str, str]:
+    """The redis backend's settings: this worker's Redis server (the root conftest.py's)."""
+    return {"RUNALWAYS_URL": redis_server.url, "RUNALWAYS_TTL": str(LEASE_TTL)}
 
 
 #: The fixture giving each cluster backend its server.

@@ -12,29 +12,28 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import pgserver
 import psycopg
 import pytest
 from harness import wait_until
+from servers import PostgresServer
 from test_cluster import TTL, finish
 
 SECRET = "s3cret-Pw"
 
 
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[pgserver.Server]:
+def guarded() -> Iterator[PostgresServer]:
     """A server where alice needs a password, mallory is rejected by pg_hba.conf, and bob does not exist."""
-    with pgserver.running(pgserver.required_bindir()) as server:
+    with PostgresServer() as server:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute(f"CREATE ROLE alice LOGIN PASSWORD '{SECRET}'")
             conn.execute("CREATE ROLE mallory LOGIN")
         hba = Path(server.data) / "pg_hba.conf"
         rules = "host all alice 127.0.0.1/32 scram-sha-256\nhost all mallory 127.0.0.1/32 reject\n"
         hba.write_text(rules + hba.read_text())
-        assert server.process is not None
-        server.process.send_signal(signal.SIGHUP)  # reload pg_hba.conf
+        server.signal(signal.SIGHUP)  # reload pg_hba.conf
         wait_until(lambda: "pg_hba.conf rejects" in refusal(server.port), "the server to reload pg_hba.conf")
-        pgserver.wait_until_older_than(server.url, TTL)
+        server.wait_until_older_than(TTL)
         yield server
 
 
@@ -68,7 +67,7 @@ def run(url: str, tmp_path: Path) -> tuple[int, str, str]:
     ],
 )
 def test_a_refused_login_says_so_and_what_to_check(
-    guarded: pgserver.Server, tmp_path: Path, login: str, database: str, said: str
+    guarded: PostgresServer, tmp_path: Path, login: str, database: str, said: str
 ) -> None:
     returncode, stdout, stderr = run(f"postgresql://{login}@127.0.0.1:{guarded.port}/{database}", tmp_path)
     assert (returncode, stdout) == (2, "")
@@ -77,7 +76,7 @@ def test_a_refused_login_says_so_and_what_to_check(
     assert SECRET not in stderr
 
 
-def test_a_missing_database_says_so(guarded: pgserver.Server, tmp_path: Path) -> None:
+def test_a_missing_database_says_so(guarded: PostgresServer, tmp_path: Path) -> None:
     returncode, stdout, stderr = run(f"postgresql://alice:{SECRET}@127.0.0.1:{guarded.port}/nowhere", tmp_path)
     assert (returncode, stdout) == (2, "")
     assert stderr.startswith(
@@ -86,6 +85,6 @@ def test_a_missing_database_says_so(guarded: pgserver.Server, tmp_path: Path) ->
     assert stderr.count("\n") == 1 and SECRET not in stderr
 
 
-def test_the_right_password_runs(guarded: pgserver.Server, tmp_path: Path) -> None:
+def test_the_right_password_runs(guarded: PostgresServer, tmp_path: Path) -> None:
     returncode, stdout, _ = run(f"postgresql://alice:{SECRET}@127.0.0.1:{guarded.port}/postgres", tmp_path)
     assert (returncode, stdout) == (0, "body\n")

@@ -15,8 +15,9 @@ from typing import Iterator
 
 import pytest
 import redis
-import redisserver
+import servers
 from harness import read_line, reap, wait_until
+from servers import RedisServer
 from test_cluster import TIMEOUT, TTL, finish, token_of
 
 from runalways.backends.redis import ACL_NEEDED
@@ -64,22 +65,19 @@ def runner(tmp_path: Path) -> Iterator[Runner]:
         reap(started.started)
 
 
-@contextlib.contextmanager
-def aged(*arguments: str) -> Iterator[redisserver.Server]:
+def aged(*arguments: str) -> contextlib.AbstractContextManager[RedisServer]:
     """A server old enough that no take waits out the restart grace."""
-    with redisserver.running(redisserver.required_binary(), *arguments) as server:
-        redisserver.wait_until_older_than(server.url, TTL)
-        yield server
+    return servers.aged(RedisServer(*arguments), TTL)
 
 
 @pytest.fixture(scope="module")
-def locked_down() -> Iterator[redisserver.Server]:
+def locked_down() -> Iterator[RedisServer]:
     """A server with a password, and ACL users of limited rights."""
     with aged("--requirepass", SECRET) as server:
         yield server
 
 
-def admin(server: redisserver.Server) -> redis.Redis:
+def admin(server: RedisServer) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, password=SECRET, socket_timeout=TIMEOUT)
 
 
@@ -100,7 +98,7 @@ def test_an_evicting_server_is_refused_unless_allowed(runner: Runner) -> None:
 
 
 def test_a_wrong_password_is_a_refused_login_not_an_unreachable_server(
-    runner: Runner, locked_down: redisserver.Server
+    runner: Runner, locked_down: RedisServer
 ) -> None:
     for login in (f":wrong-{SECRET}@", ""):  # WRONGPASS, NOAUTH
         url = f"redis://{login}127.0.0.1:{locked_down.port}/0"
@@ -120,7 +118,7 @@ def test_a_wrong_password_is_a_refused_login_not_an_unreachable_server(
     ],
 )
 def test_an_acl_that_forbids_the_lock_says_what_the_user_needs(
-    runner: Runner, locked_down: redisserver.Server, user: str, keys: list[str], commands: list[str]
+    runner: Runner, locked_down: RedisServer, user: str, keys: list[str], commands: list[str]
 ) -> None:
     admin(locked_down).acl_setuser(user, enabled=True, passwords=[f"+{SECRET}"], keys=keys, commands=commands)
     returncode, stdout, stderr = runner.run(f"redis://{user}:{SECRET}@127.0.0.1:{locked_down.port}/0")
@@ -129,7 +127,7 @@ def test_an_acl_that_forbids_the_lock_says_what_the_user_needs(
     assert "the Redis server's ACL does not let this user take the lock" in stderr and ACL_NEEDED in stderr
 
 
-def test_an_acl_user_with_what_the_readme_lists_holds_the_lock(runner: Runner, locked_down: redisserver.Server) -> None:
+def test_an_acl_user_with_what_the_readme_lists_holds_the_lock(runner: Runner, locked_down: RedisServer) -> None:
     needed = ACL_NEEDED.split()
     admin(locked_down).acl_setuser(
         "least",
@@ -144,7 +142,7 @@ def test_an_acl_user_with_what_the_readme_lists_holds_the_lock(runner: Runner, l
     assert returncode == 0 and "runalways:" not in stderr, stderr
 
 
-def test_without_config_and_info_it_says_so_once_and_runs(runner: Runner, locked_down: redisserver.Server) -> None:
+def test_without_config_and_info_it_says_so_once_and_runs(runner: Runner, locked_down: RedisServer) -> None:
     admin(locked_down).acl_setuser(
         "jobs", enabled=True, passwords=[f"+{SECRET}"], keys=["runalways:*"], commands=["+@all", "-config", "-info"]
     )
@@ -173,7 +171,7 @@ def test_bad_redis_settings_are_one_line_and_exit_2(runner: Runner, variable: st
 def test_with_a_replica_a_holder_whose_renewals_no_replica_acknowledges_is_fenced(runner: Runner) -> None:
     with (
         aged() as primary,
-        redisserver.running(redisserver.required_binary(), "--replicaof", "127.0.0.1", str(primary.port)) as replica,
+        RedisServer("--replicaof", "127.0.0.1", str(primary.port)) as replica,
     ):
         copy = redis.Redis(host="127.0.0.1", port=replica.port, socket_timeout=TIMEOUT)
         wait_until(lambda: copy.info("replication").get("master_link_status") == "up", "the replica to be in sync")
@@ -184,8 +182,7 @@ def test_with_a_replica_a_holder_whose_renewals_no_replica_acknowledges_is_fence
         assert "is a read-only replica" in stderr and "use the primary's URL" in stderr
         holder = runner.start(primary.url)
         token_of(read_line(holder))  # the take was acknowledged by the replica
-        assert replica.process is not None
-        replica.process.send_signal(signal.SIGSTOP)
+        replica.signal(signal.SIGSTOP)
         try:
             # No renewal is acknowledged any more: the holder's timer ends it.
             assert holder.wait(timeout=TIMEOUT) == -signal.SIGKILL
@@ -194,4 +191,4 @@ def test_with_a_replica_a_holder_whose_renewals_no_replica_acknowledges_is_fence
             assert (returncode, stdout) == (2, "")
             assert "no replica of the Redis server" in stderr
         finally:
-            replica.process.send_signal(signal.SIGCONT)
+            replica.signal(signal.SIGCONT)

@@ -1,0 +1,46 @@
+"""What tests/ and spec/ share: how many workers ``-n auto`` starts, and one PostgreSQL and one
+Redis server for each pytest process.
+
+Each pytest-xdist worker starts its own (tests/servers.py), on first use, a lease old before
+any test gets it (a younger server makes every new holder wait out the restart grace).
+The cluster cases (tests/test_cluster.py) and the conformance suite's runs of the cluster
+backends share them: every test uses lock names of its own, and none restarts, stops or
+reconfigures these servers (a test that does starts a server of its own).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+from servers import PostgresServer, RedisServer, ServerProcess, aged
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: three pytest-xdist workers for two cores, where pytest-xdist starts two.
+
+    Much of a case's time is spent waiting on the processes and servers it started (leases,
+    heartbeats, deadlines, a stopped holder's fence): with one worker a core the cores sat
+    idle about a third of the run, and a half more workers keep them busy. More than that
+    gained little once the cores were full, and made the timing cases (a holder fenced
+    within its lease on a loaded machine) fail now and then. PYTEST_XDIST_AUTO_NUM_WORKERS,
+    when set, and ``-n logical`` still get pytest-xdist's own count.
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or config.option.numprocesses == "logical":
+        return None
+    cores = len(os.sched_getaffinity(0))
+    return cores + cores // 2
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ServerProcess]:
+    with aged(PostgresServer()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[ServerProcess]:
+    with aged(RedisServer()) as server:
+        yield server
