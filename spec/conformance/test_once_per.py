@@ -224,21 +224,31 @@ def test_a_bad_period_is_one_line_and_exit_2(fcntl_procs: Procs, value: str) -> 
 
 @pytest.mark.clause("R16.4")
 @pytest.mark.parametrize("unknown", ["skip", "run"])
-def test_a_redis_server_restarted_without_its_data_cannot_say_whether_the_period_ran(
-    tmp_path: Path, unknown: str
-) -> None:
+@pytest.mark.parametrize("engine", ["redis", "postgres"])
+def test_a_server_that_forgot_cannot_say_whether_the_period_ran(tmp_path: Path, engine: str, unknown: str) -> None:
+    import pgserver
     import redisserver
 
-    with redisserver.running(redisserver.required_binary()) as server:
-        procs = Procs("redis", tmp_path, {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": "3"})
+    servers = {
+        "redis": (redisserver.running, redisserver.required_binary, redisserver.wait_until_older_than),
+        "postgres": (pgserver.running, pgserver.required_bindir, pgserver.wait_until_older_than),
+    }
+    running, required, wait_until_older_than = servers[engine]
+    with running(required()) as server:
+        procs = Procs(engine, tmp_path, {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": "3"})
         try:
             fleet = Fleet(procs, "1d", "UTC", RUNALWAYS_ONCE_PER_UNKNOWN=unknown)
             noon = "2026-01-15 12:00:00"
-            redisserver.wait_until_older_than(server.url, 3)
+            wait_until_older_than(server.url, 3)
             fleet.seed(CASES["daily-noon-utc"])
             assert_ran(fleet.start("host-a", at(noon, 0)))
-            server.restart()  # no persistence: the record is gone with the lock
-            redisserver.wait_until_older_than(server.url, 3)
+            if engine == "postgres":  # a server restored without it: the record is lost
+                import psycopg
+
+                with psycopg.connect(server.url, autocommit=True) as conn:
+                    conn.execute("DELETE FROM runalways_periods")
+            server.restart()  # redis without persistence: the record is gone with the lock
+            wait_until_older_than(server.url, 3)
             outcome = fleet.start("host-b", at(noon, 10))
             if unknown == "skip":
                 assert outcome.returncode == 1 and "may have run in this period" in outcome.stderr, outcome
