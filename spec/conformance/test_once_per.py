@@ -16,8 +16,9 @@ import json
 import shutil
 import sys
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from harness import HOLD, Outcome, Procs, finish, wait_for_line
@@ -229,12 +230,14 @@ def test_a_server_that_forgot_cannot_say_whether_the_period_ran(tmp_path: Path, 
     import pgserver
     import redisserver
 
-    servers = {
-        "redis": (redisserver.running, redisserver.required_binary, redisserver.wait_until_older_than),
-        "postgres": (pgserver.running, pgserver.required_bindir, pgserver.wait_until_older_than),
-    }
-    running, required, wait_until_older_than = servers[engine]
-    with running(required()) as server:
+    started: AbstractContextManager[Any]
+    if engine == "redis":
+        started = redisserver.running(redisserver.required_binary())
+        wait_until_older_than = redisserver.wait_until_older_than
+    else:
+        started = pgserver.running(pgserver.required_bindir())
+        wait_until_older_than = pgserver.wait_until_older_than
+    with started as server:
         procs = Procs(engine, tmp_path, {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": "3"})
         try:
             fleet = Fleet(procs, "1d", "UTC", RUNALWAYS_ONCE_PER_UNKNOWN=unknown)
