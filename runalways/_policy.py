@@ -145,7 +145,7 @@ def enforce(policy: str, target: "Target", chosen: Settings) -> "Backend":
     """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
     outcome = take(target, chosen)
     if isinstance(outcome, Refused):
-        record(chosen, "skip", outcome.backend)
+        record(chosen, "skip", outcome.backend, reason="held")
         if policy == ALONE and not chosen.silent:
             # Say who holds it: "already running" alone leaves an operator guessing
             # whether a job hangs, or whether another user squats its lock.
@@ -154,6 +154,8 @@ def enforce(policy: str, target: "Target", chosen: Settings) -> "Backend":
             say(f"A copy of '{target.display}' is already running{about}")
         raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
     backend = outcome
+    if chosen.once_per is not None and backend.unlocked is None:
+        _once_per_period(policy, target, chosen, backend)
     guarding.append(backend)
     if chosen.fork == "close":
         backend.close_in_forked_children()
@@ -172,6 +174,21 @@ def enforce(policy: str, target: "Target", chosen: Settings) -> "Backend":
 
         beat([backend], rate_limited=False)
     return backend
+
+
+def _once_per_period(policy: str, target: "Target", chosen: Settings, backend: "Backend") -> None:
+    """RUNALWAYS_ONCE_PER, holding the lock: return to run (the period's record written), or
+    give the lock back and end the process as a skip, the period's run done (or unknown)."""
+    from runalways._period import check
+
+    skip = check(backend, chosen.once_per, chosen.once_per_unknown == "run")  # type: ignore[arg-type]
+    if skip is None:
+        return
+    backend.release()
+    record(chosen, "skip", backend, **skip.fields())
+    if policy == ALONE and not chosen.silent:
+        say(skip.message(target.display, getattr(backend, "engine", backend.name)))
+    raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
 
 
 def earlier_copy(backend: "Backend") -> "Holder | None":

@@ -208,6 +208,20 @@ def parse_ttl(text: str, where: str) -> float:
     return ttl
 
 
+#: Cron starts a job at most once a minute: a shorter period could not be told from the next.
+MIN_PERIOD = 60.0
+
+
+def parse_period(text: str, where: str) -> float:
+    """RUNALWAYS_ONCE_PER: a duration of at least a minute."""
+    period = parse_deadline(text, where)
+    if period < MIN_PERIOD:
+        raise _invalid(
+            f"{where}={text!r} is shorter than cron can start a job; use {MIN_PERIOD:g} seconds (1m) or more"
+        )
+    return period
+
+
 # -- The table ------------------------------------------------------------------------------
 
 #: Which backends read the cluster settings.
@@ -433,6 +447,28 @@ SETTINGS: "Tuple[Setting, ...]" = (
         about="the exit status of a start that finds a stale holder",
     ),
     Setting(
+        attribute="once_per",
+        variable="RUNALWAYS_ONCE_PER",
+        parse=parse_period,
+        default=None,
+        allowed="a duration of `1m` or more: `5m`, `1h`, `1d`",
+        about="run the job once per period of this length, on whichever host (or process) starts first; "
+        "the period's other starts are skips (see [Once per period](docs/cluster.md#once-per-period))",
+        keyword="once_per",
+        option=("--once-per", "DURATION", "run once per period of DURATION (1m or more), on whichever host is first"),
+        commands=("run", "status"),
+    ),
+    Setting(
+        attribute="once_per_unknown",
+        variable="RUNALWAYS_ONCE_PER_UNKNOWN",
+        parse=choice("skip", "run"),
+        default="skip",
+        allowed="`skip` (default), `run`",
+        about="when the server forgot whether the period's run happened (restarted without its data): "
+        "`skip` (at most once) or `run` (at least once)",
+        keyword="once_per_unknown",
+    ),
+    Setting(
         attribute="log",
         variable="RUNALWAYS_LOG",
         parse=parse_text,
@@ -563,6 +599,8 @@ class Settings:
         stale_after: "float | None"
         on_stale: str
         stale_exit: int
+        once_per: "float | None"
+        once_per_unknown: str
         log: "str | None"
         directory: "str | None"
         url: str

@@ -96,6 +96,8 @@ def guard(
     timeout: float | str | None = None,
     kill_grace: float | str | None = None,
     stale_after: float | str | None = None,
+    once_per: float | str | None = None,
+    once_per_unknown: str | None = None,
 ) -> Backend | None:
     """Apply ``policy`` ("always" or "alone") now; return the backend holding the lock.
 
@@ -107,6 +109,10 @@ def guard(
     a duration such as 90, "45m" or "2h") ends this process with SIGTERM at that deadline,
     and SIGKILL ``kill_grace`` (RUNALWAYS_KILL_GRACE, default 10) seconds later; ``stale_after``
     (RUNALWAYS_STALE_AFTER) reports a holder older than that instead of exiting silently.
+    ``once_per`` (RUNALWAYS_ONCE_PER, a duration of a minute or more) runs the job once per
+    period, on whichever host starts first; the period's later starts are skips, as when
+    another copy holds the lock. ``once_per_unknown`` ("skip" or "run") decides when the
+    server forgot whether the period ran.
     """
     if policy not in (_policy.ALWAYS, _policy.ALONE):
         raise SettingError(f"policy={policy!r} is not a policy; use 'always' or 'alone'")
@@ -122,6 +128,8 @@ def guard(
         deadline=timeout,
         kill_grace=kill_grace,
         stale_after=stale_after,
+        once_per=once_per,
+        once_per_unknown=once_per_unknown,
     )
     wanted = target(path, name, chosen)
     for holding in held():

@@ -25,6 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import ClassVar
 
+    from runalways._period import Run
     from runalways._settings import Settings
     from runalways._values import Capabilities, Holder, Target
 
@@ -107,6 +108,29 @@ class Backend(abc.ABC):
 
         A no-op where a fork child never holds the lock anyway.
         """
+
+    # -- RUNALWAYS_ONCE_PER: the record of the last period that ran, one per job ------------
+
+    def last_run(self) -> "Run | None":
+        """The record of the last period that ran, or None; asked only while holding the lock.
+
+        By default a file beside the lock, in the lock directory: right for a backend whose
+        lock lives on this host. A backend whose lock lives on a server keeps it there.
+        """
+        from runalways._period import read_file
+
+        return read_file(self)
+
+    def record_run(self, run: "Run") -> None:
+        """Replace the record with ``run``, atomically; only while holding the lock."""
+        from runalways._period import write_file
+
+        write_file(self, run)
+
+    def forgot_within(self, seconds: float) -> bool:
+        """Whether the store may have lost a record written in the last ``seconds``
+        (a server restarted without its data); a file in the lock directory does not."""
+        return False
 
     def handover(self, pid: "int | None" = None) -> None:
         """Make the lock belong to ``pid`` (None: this process, a child after fork()).

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     import psycopg
 
+    from runalways._period import Run
     from runalways._settings import Settings
 
     Connection = psycopg.Connection[tuple[Any, ...]]
@@ -89,6 +90,17 @@ _HOLDER = (
 _TAKEN = (
     "SELECT {xid}::text::bigint, extract(epoch FROM now() - pg_postmaster_start_time())::float8,"
     " pg_logical_emit_message(true, 'runalways', %s) IS NOT NULL, set_config('application_name', %s, false)"
+)
+#: RUNALWAYS_ONCE_PER: one row per job, the last period that ran, replaced by each run.
+_PERIODS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS runalways_periods (job text PRIMARY KEY, tick bigint NOT NULL,"
+    " period double precision NOT NULL, host text NOT NULL, pid integer NOT NULL, started double precision NOT NULL)"
+)
+_LAST_RUN = "SELECT tick, period, host, pid, started FROM runalways_periods WHERE job = %s"
+_RECORD_RUN = (
+    "INSERT INTO runalways_periods (job, tick, period, host, pid, started) VALUES (%s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (job) DO UPDATE SET tick = excluded.tick, period = excluded.period, host = excluded.host,"
+    " pid = excluded.pid, started = excluded.started"
 )
 #: application_name: "runalways <pid> <epoch granted or -> <host>"; the host goes last
 #: because the server cuts the name at 63 bytes.
@@ -137,6 +149,8 @@ class PostgresBackend(LeaseBackend):
         self.url = _checked_url(self.url)
         self.key = lock_key(self.lock_name)
         self._conn: Connection | None = None
+        #: The server's age when the lock was taken, in seconds.
+        self._uptime: float | None = None
 
     # -- taking the lock ------------------------------------------------------------
 
@@ -271,6 +285,7 @@ class PostgresBackend(LeaseBackend):
         except psycopg.Error as error:
             raise self._failure(error) from None
         assert row is not None
+        self._uptime = float(row[1])
         return self._lease_taken(int(row[0]), float(row[1]), sent)
 
     # -- keeping it ------------------------------------------------------------------
@@ -316,6 +331,55 @@ class PostgresBackend(LeaseBackend):
                 os.dup2(_devnull[0], conn.pgconn.socket, inheritable=False)
             else:  # the table was full already then: at least drop the child's reference
                 os.close(conn.pgconn.socket)
+
+    # -- RUNALWAYS_ONCE_PER ----------------------------------------------------------------
+
+    def _job(self) -> str:
+        return self.lock_name.replace("\0", " ")  # text cannot hold the NULs of a `run` lock's name
+
+    def last_run(self) -> Run | None:
+        import psycopg
+
+        from runalways._period import Run
+
+        conn = self._conn or self._connect(f"runalways status {os.getpid()}")
+        try:
+            row = conn.execute(_LAST_RUN, (self._job(),)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None  # no job ever ran once per period on this database
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+        finally:
+            if conn is not self._conn:
+                conn.close()
+        if row is None:
+            return None
+        return Run(int(row[0]), float(row[1]), str(row[2]), int(row[3]), float(row[4]))
+
+    def record_run(self, run: Run) -> None:
+        import psycopg
+
+        conn = self._conn
+        if conn is None:
+            raise LockFailed(f"the lock {self.lock_name!r} is not held: the record of its period is not written")
+        values = (self._job(), run.tick, run.period, run.host, run.pid, run.started)
+        try:
+            try:
+                conn.execute(_RECORD_RUN, values)
+            except psycopg.errors.UndefinedTable:
+                # The first record on this database: make the table (the role needs CREATE on
+                # the schema now), unless another job's first start made it at the same moment.
+                try:
+                    conn.execute(_PERIODS_TABLE)
+                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                    pass
+                conn.execute(_RECORD_RUN, values)
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+
+    def forgot_within(self, seconds: float) -> bool:
+        """The server started less than ``seconds`` ago: it may have lost the record."""
+        return self._uptime is not None and self._uptime < seconds
 
     # -- for runalways run, status and messages --------------------------------------
 

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     import redis
 
+    from runalways._period import Run
     from runalways._settings import Settings
 
     Client = redis.Redis
@@ -85,6 +86,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+#: RUNALWAYS_ONCE_PER: replace the job's record of its last period, if the lock is still ours.
+_RECORD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
 #: The holder's value and the milliseconds its lease has left.
 _PEEK = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}"
 
@@ -99,6 +108,16 @@ def lock_keys(name: str) -> tuple[bytes, bytes]:
     """The lock's key and its fencing counter's; the braces keep both in one Redis Cluster slot."""
     raw = name.encode("utf-8", "surrogateescape")
     return b"runalways:lock:{" + raw + b"}", b"runalways:token:{" + raw + b"}"
+
+
+def period_key(name: str) -> bytes:
+    """The key of the job's record of its last period (RUNALWAYS_ONCE_PER), in the lock's slot."""
+    return b"runalways:period:{" + name.encode("utf-8", "surrogateescape") + b"}"
+
+
+#: A record outlives its period this many times over: long enough to keep the next start
+#: out, short enough that a job renamed or retired leaves no key for ever.
+RECORD_PERIODS = 3
 
 
 class RedisBackend(LeaseBackend):
@@ -325,6 +344,41 @@ class RedisBackend(LeaseBackend):
         # the client leaves the parent's connection, and lock, alone.
         self._client = None
         self._held = False
+
+    # -- RUNALWAYS_ONCE_PER ----------------------------------------------------------------
+
+    def last_run(self) -> Run | None:
+        import redis
+
+        from runalways._period import Run
+
+        client = self._client or self._connect()
+        try:
+            value = client.get(period_key(self.lock_name))
+        except redis.RedisError as error:
+            raise self._failure(error) from None
+        finally:
+            if client is not self._client:
+                client.close()
+        return None if value is None else Run.from_json(value)
+
+    def record_run(self, run: Run) -> None:
+        import redis
+
+        client = self._client
+        if client is None:
+            raise LockFailed(f"the lock {self.lock_name!r} is not held: the record of its period is not written")
+        expiry = max(1, round(run.period * RECORD_PERIODS * 1000))
+        try:
+            written = client.eval(_RECORD, 2, self.key, period_key(self.lock_name), self._value, run.to_json(), expiry)
+        except redis.RedisError as error:
+            raise self._failure(error) from None
+        if not written:
+            raise LockFailed(f"the lock {self.lock_name!r} was lost before the record of its period was written")
+
+    def forgot_within(self, seconds: float) -> bool:
+        """The server is younger than ``seconds``: restarted, it may have lost the record."""
+        return self._uptime is not None and self._uptime < seconds
 
     # -- for status and messages -------------------------------------------------------
 

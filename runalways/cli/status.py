@@ -38,6 +38,30 @@ def status(arguments: argparse.Namespace) -> int:
     holder = asked.holder()
     if arguments.json:
         return _status_json(asked, holder, chosen)
+    status = _status_text(arguments, target, asked, holder, chosen)
+    if chosen.once_per is not None:
+        print(_period_line(asked, chosen.once_per))
+    return status
+
+
+def _period_line(asked: Backend, period: float) -> str:
+    """``--once-per``: the period's run, in one line."""
+    import time
+
+    from runalways._period import tick
+    from runalways._settings import format_duration
+
+    last = asked.last_run()
+    if last is None:
+        return "  period: no run recorded"
+    current = tick(time.time(), period)[0]
+    this = "this period" if last.period == period and last.tick >= current else "an earlier period"
+    return f"  period: ran in {this} ({format_duration(last.period)}) {last.describe()}"
+
+
+def _status_text(
+    arguments: argparse.Namespace, target: Target, asked: Backend, holder: Holder | None, chosen: Settings
+) -> int:
     backend = chosen.backend.name
     lock_file = asked.lock_file()
     # Say where it looked, unless that is the script itself: a lock file's place is what
@@ -80,6 +104,9 @@ def _status_json(asked: Backend, holder: Holder | None, chosen: Settings) -> int
 
     found = _facts(asked, holder, chosen.stale_after)
     found["log"] = chosen.log
+    if chosen.once_per is not None:
+        last = asked.last_run()
+        found["period"] = None if last is None else last.as_dict()
     if chosen.log is not None and chosen.log != "syslog":
         from runalways._eventlog import summary
 

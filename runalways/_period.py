@@ -1,0 +1,181 @@
+"""RUNALWAYS_ONCE_PER: a job runs once per period, on whichever host (or process) starts first.
+
+**The tick.** A start computes the period it belongs to from its own host's wall clock,
+in local time: ``tick = floor((time.time() + local UTC offset) / period)``. Cron fires by
+that same clock, so every host reads a time in [boundary, boundary + start delay] at the
+same tick, whatever the skew between the hosts' clocks; the server's clock is never
+read (a host with a fast clock would land in the period before).
+
+**The record.** One per job: the last period that ran (:class:`Run`). A start that holds
+the lock runs when there is no record, when the record's tick is older than its own, or
+when the period changed; else it is a skip, "done this period". The record is written
+while the lock is held, before the job's body runs. Where it lives is the backend's
+(:meth:`~runalways.backends.base.Backend.last_run`, ``record_run``): the file-based local
+backends keep it in a file beside their lock in the lock directory (:func:`read_file`,
+:func:`write_file`, replaced atomically), the cluster backends on their server.
+
+**A server that forgets.** A missing record on a server younger than the time since the
+period began (restarted without its data) cannot say whether the period ran: skip, and
+write the record so that the next period runs (RUNALWAYS_ONCE_PER_UNKNOWN=run runs).
+
+Loaded only by a start with the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runalways.backends.base import Backend
+    from runalways.errors import LockFailed
+
+DONE = "done"
+UNKNOWN = "unknown"
+
+
+class Run:
+    """The last period that ran: its tick and length, and the host, pid and start of its run."""
+
+    __slots__ = ("host", "period", "pid", "started", "tick")
+
+    def __init__(self, tick: int, period: float, host: str, pid: int, started: float) -> None:
+        self.tick = tick
+        self.period = period
+        self.host = host
+        self.pid = pid
+        self.started = started
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"tick": self.tick, "period": self.period, "host": self.host, "pid": self.pid, "started": self.started}
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Run | None:
+        """The record in ``text``; None for anything that is not one (a damaged record runs the job)."""
+        try:
+            fields = json.loads(text)
+            return cls(
+                int(fields["tick"]),
+                float(fields["period"]),
+                str(fields["host"]),
+                int(fields["pid"]),
+                float(fields["started"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"at {when} on {self.host}, pid {self.pid}"
+
+
+class Skip:
+    """Why a start that holds the lock does not run: ``done`` this period, or ``unknown``."""
+
+    __slots__ = ("last", "reason")
+
+    def __init__(self, reason: str, last: Run | None) -> None:
+        self.reason = reason
+        self.last = last
+
+    def message(self, display: str, engine: str) -> str:
+        if self.last is not None:
+            return f"'{display}' already ran in this period ({self.last.describe()})"
+        return (
+            f"'{display}' may have run in this period: the {engine} server restarted since it began and keeps "
+            "no record of it; not running (RUNALWAYS_ONCE_PER_UNKNOWN=run runs it)"
+        )
+
+    def fields(self) -> dict[str, object]:
+        """For the job's log (RUNALWAYS_LOG)."""
+        if self.last is None:
+            return {"reason": self.reason, "holder_pid": None}
+        return {"reason": self.reason, "holder_pid": None, "ran_host": self.last.host, "ran_pid": self.last.pid}
+
+
+def tick(now: float, period: float) -> tuple[int, float]:
+    """The period ``now`` (epoch seconds) falls in, by the local wall clock, and the seconds since it began."""
+    local = now + time.localtime(now).tm_gmtoff
+    number = math.floor(local / period)
+    return number, local - number * period
+
+
+def check(backend: Backend, period: float, run_unknown: bool) -> Skip | None:
+    """With ``backend`` holding the lock: None to run (the period's record is then written), or why not."""
+    now = time.time()
+    current, since_start = tick(now, period)
+    last = backend.last_run()
+    if last is not None and last.period == period and last.tick >= current:
+        return Skip(DONE, last)
+    unknown = last is None and backend.forgot_within(since_start)
+    backend.record_run(Run(current, period, socket.gethostname(), os.getpid(), now))
+    if unknown and not run_unknown:
+        return Skip(UNKNOWN, None)
+    return None
+
+
+# -- the file beside the lock, for the local backends --------------------------------------
+
+
+def file_for(backend: Backend) -> str:
+    from runalways._lockdir import lock_file_for
+
+    key = backend.lock_key()
+    return lock_file_for("period:" + key, os.path.basename(key), suffix=".period")
+
+
+def read_file(backend: Backend) -> Run | None:
+    """The record in the file beside ``backend``'s lock; None when there is none (or it is damaged)."""
+    path = file_for(backend)
+    try:
+        with open(path, "rb") as record:
+            return Run.from_json(record.read(4096))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise _failure("read", path, error) from None
+
+
+def write_file(backend: Backend, run: Run) -> None:
+    """Replace the record beside ``backend``'s lock: a temporary file renamed over it, so a
+    crash leaves the old record or the new one, never half of one."""
+    path = file_for(backend)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        _write_replacing(temporary, path, run)
+    except OSError as error:
+        raise _failure("write", path, error) from None
+
+
+def _write_replacing(temporary: str, path: str, run: Run) -> None:
+    try:  # left by a process of the same pid that died here: only the lock's holder writes it
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(descriptor, run.to_json().encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _failure(what: str, path: str, error: OSError) -> LockFailed:
+    from runalways.errors import LockFailed
+
+    return LockFailed(f"cannot {what} the record of the period at {path!r}: {error.strerror or error}")

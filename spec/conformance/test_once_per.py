@@ -1,0 +1,288 @@
+"""R16: RUNALWAYS_ONCE_PER, a job once per period on whichever host starts first.
+
+Each "host" is a start in a UTS namespace of its own (``unshare --uts``, its host name)
+whose wall clock libfaketime sets (``faketime``, on the starting process only: never on a
+server). Cron fires by each host's own clock, so every host reads a time at or a little
+after the tick's boundary, however far apart the hosts' clocks are: the starts below come
+one after another, as hosts whose clocks disagree by seconds start the same tick. The
+faked readings lie in the past: a lease's kernel timer armed under a faked clock in the
+future misbehaves on some libfaketime versions. Monotonic clocks are never faked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import sys
+import uuid
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from harness import HOLD, Outcome, Procs, finish, wait_for_line
+
+from runalways._eventlog import parse
+
+CLUSTER = ("postgres", "redis")
+
+#: The job: it appends its host's name to a file, one line per run.
+JOB = """
+import socket, sys
+with open(sys.argv[1], "a") as runs:
+    runs.write(socket.gethostname() + "\\n")
+"""
+
+
+class Case(NamedTuple):
+    """A schedule: its period, the time zone of the hosts, a tick's boundary in local time,
+    and how late a start may come (the time from the cron firing to the next boundary)."""
+
+    period: str
+    seconds: int
+    tz: str
+    boundary: str
+    tolerance: int
+
+
+DAY = 86400
+CASES = {
+    "every-minute": Case("1m", 60, "UTC", "2026-01-15 10:17:00", 60),
+    "every-5-minutes": Case("5m", 300, "UTC", "2026-01-15 10:05:00", 300),
+    "hourly": Case("1h", 3600, "UTC", "2026-01-15 07:00:00", 3600),
+    "daily-midnight-utc": Case("1d", DAY, "UTC", "2026-01-15 00:00:00", DAY),
+    "daily-noon-utc": Case("1d", DAY, "UTC", "2026-01-15 12:00:00", DAY // 2),
+    # POSIX TZ strings, no time zone database needed: UTC+9 (east) and UTC-8 (west).
+    "daily-midnight-east": Case("1d", DAY, "EAST-9", "2026-01-15 00:00:00", DAY),
+    "daily-midnight-west": Case("1d", DAY, "WEST8", "2026-01-15 00:00:00", DAY),
+}
+
+
+def at(boundary: str, seconds: float) -> str:
+    """The local time ``seconds`` after ``boundary``, as faketime takes it."""
+    moment = datetime.datetime.fromisoformat(boundary) + datetime.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Fleet:
+    """Starts of one job as if on several hosts, each with its own name and clock."""
+
+    def __init__(
+        self, procs: Procs, period: str, tz: str = "UTC", policy: str = "runalways.alone", **settings: str
+    ) -> None:
+        self.procs = procs
+        self.runs = procs.workdir / "runs"
+        self.log = procs.workdir / "log"
+        self.script = procs.script("job.py", JOB, header=f"import {policy}\n")
+        self.env = {
+            "TZ": tz,
+            "RUNALWAYS_ONCE_PER": period,
+            "RUNALWAYS_LOG": str(self.log),
+            "NO_FAKE_STAT": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            **settings,
+        }
+        if procs.backend in CLUSTER:  # the servers are shared by the tests of a worker
+            self.env["RUNALWAYS_NAME"] = f"job-{uuid.uuid4().hex[:12]}"
+
+    def argv(self, host: str, clock: str | None, script: Path | None = None) -> list[str]:
+        faketime = shutil.which("faketime")
+        assert faketime is not None, "faketime (Debian package faketime) is needed: tests/system-packages.sh"
+        name_it = 'hostname "$1" && shift && exec "$@"'
+        faked = [faketime, "-f", clock] if clock is not None else []
+        return ["unshare", "--uts", "sh", "-c", name_it, "sh", host, *faked, sys.executable, str(script or self.script)]
+
+    def start(self, host: str, clock: str | None, **extra: str) -> Outcome:
+        """Start the job on ``host`` whose wall clock reads ``clock`` (local time; None: the real one)."""
+        faked = None if clock is None else f"@{clock}"
+        return finish(self.procs.start([*self.argv(host, faked), str(self.runs)], env={**self.env, **extra}))
+
+    def seed(self, case: Case) -> None:
+        """The job ran the period before, its first run on the server (so it need not say whether
+        a young server forgot one: R16.4)."""
+        assert_ran(self.start("host-z", at(case.boundary, 1 - case.seconds), RUNALWAYS_ONCE_PER_UNKNOWN="run"))
+
+    def ran(self) -> list[str]:
+        return self.runs.read_text().split() if self.runs.exists() else []
+
+    def events(self) -> list[tuple[str, str]]:
+        if not self.log.exists():
+            return []
+        return [(fields["event"], fields.get("reason", "")) for fields in map(parse, self.log.read_text().splitlines())]
+
+
+def assert_ran(outcome: Outcome) -> None:
+    assert outcome.returncode == 0 and "has been started" in outcome.stderr, outcome
+
+
+def assert_done(outcome: Outcome, host: str) -> None:
+    assert outcome.returncode == 1, outcome
+    assert outcome.stderr.count("\n") == 1 and "already ran in this period" in outcome.stderr, outcome
+    assert f"on {host}, pid " in outcome.stderr, outcome
+
+
+@pytest.mark.clause("R16.1", "R16.2", "R16.5")
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_hosts_whose_clocks_disagree_run_one_tick_once(procs: Procs, case: Case) -> None:
+    fleet = Fleet(procs, case.period, case.tz)
+    fleet.seed(case)
+    # The tick: host a's clock is seconds ahead of b's and c's, so it fires first; each
+    # reads its own clock a moment after the boundary, the later ones as their cron fires.
+    assert_ran(fleet.start("host-a", at(case.boundary, 0)))
+    assert_done(fleet.start("host-b", at(case.boundary, 1)), "host-a")
+    assert_done(fleet.start("host-c", at(case.boundary, 3)), "host-a")
+    assert fleet.ran() == ["host-z", "host-a"]
+    assert fleet.events() == [("start", ""), ("start", ""), ("skip", "done"), ("skip", "done")]
+
+
+@pytest.mark.clause("R16.2")
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_consecutive_ticks_run_twice_even_after_a_late_start(procs: Procs, case: Case) -> None:
+    fleet = Fleet(procs, case.period, case.tz)
+    fleet.seed(case)
+    # This tick's first start came late, within what the schedule tolerates ...
+    late = case.tolerance * 0.8
+    assert_ran(fleet.start("host-a", at(case.boundary, late)))
+    assert_done(fleet.start("host-b", at(case.boundary, late + 1)), "host-a")
+    # ... and is no reason to skip the next tick.
+    assert_ran(fleet.start("host-b", at(case.boundary, case.seconds)))
+    assert_done(fleet.start("host-c", at(case.boundary, case.seconds + 2)), "host-b")
+    assert fleet.ran() == ["host-z", "host-a", "host-b"]
+
+
+@pytest.mark.clause("R16.2")
+def test_a_start_later_than_the_next_boundary_counts_as_the_next_period(procs: Procs) -> None:
+    case = CASES["every-minute"]
+    fleet = Fleet(procs, case.period, case.tz)
+    fleet.seed(case)
+    # Fired at the boundary, but started only after the next one: it runs as the next period ...
+    assert_ran(fleet.start("host-a", at(case.boundary, case.seconds + 5)))
+    # ... whose own tick is then a skip.
+    assert_done(fleet.start("host-b", at(case.boundary, case.seconds + 7)), "host-a")
+    assert fleet.ran() == ["host-z", "host-a"]
+
+
+@pytest.mark.clause("R16.3")
+def test_a_run_longer_than_the_period_keeps_the_next_ticks_out_as_held(procs: Procs) -> None:
+    fleet = Fleet(procs, "1m")
+    long_job = procs.script("long.py", HOLD)
+    # Its first run on the server: a young server must not make it a skip (R16.4).
+    first = {**fleet.env, "RUNALWAYS_ONCE_PER_UNKNOWN": "run"}
+    holder = procs.start(fleet.argv("host-a", None, long_job), env=first)
+    wait_for_line(holder, "ready")
+    # The next tick, and the one after, on other hosts: the lock is held, whatever the period says.
+    for host, clock in (("host-b", "+60s"), ("host-c", "+120s")):
+        outcome = finish(procs.start(fleet.argv(host, clock, long_job), env=fleet.env))
+        assert outcome.returncode == 0 and outcome.stdout == "", outcome
+    assert finish(holder).returncode == 0
+    assert fleet.events() == [("start", ""), ("skip", "held"), ("skip", "held")]
+
+
+@pytest.mark.clause("R16.1")
+def test_a_skip_under_the_always_policy_is_silent_and_the_conflict_exit_applies(procs: Procs) -> None:
+    case = CASES["daily-noon-utc"]
+    fleet = Fleet(procs, case.period, case.tz, policy="runalways")
+    fleet.seed(case)
+    for extra, status in (({}, 0), ({"RUNALWAYS_CONFLICT_EXIT": "3"}, 3)):
+        outcome = fleet.start("host-b", at(case.boundary, 61 - case.seconds), **extra)
+        assert outcome.returncode == status and outcome.stdout == "" and outcome.stderr == "", outcome
+    assert fleet.ran() == ["host-z"]
+    assert fleet.events() == [("start", ""), ("skip", "done"), ("skip", "done")]
+
+
+@pytest.mark.clause("R16.5")
+def test_the_record_beside_the_lock_is_replaced_whole_and_a_damaged_one_runs(procs: Procs) -> None:
+    if procs.backend in CLUSTER:
+        pytest.skip("the record lives on the server")
+    case = CASES["every-minute"]
+    fleet = Fleet(procs, case.period, case.tz)
+    assert_ran(fleet.start("host-a", at(case.boundary, 0)))
+    records = sorted((procs.workdir / "locks").glob("*.period"))
+    assert len(records) == 1, records
+    assert list((procs.workdir / "locks").glob("*.tmp")) == []
+    assert_done(fleet.start("host-b", at(case.boundary, 2)), "host-a")
+    # Something else damaged it (a full disk, a stray write): the period cannot be told, the job runs.
+    records[0].write_bytes(b"\0garbage")
+    assert_ran(fleet.start("host-c", at(case.boundary, 4)))
+    assert_done(fleet.start("host-b", at(case.boundary, 6)), "host-c")
+    assert fleet.ran() == ["host-a", "host-c"]
+
+
+@pytest.mark.clause("R16.6")
+@pytest.mark.parametrize("value", ["soon", "0", "-5m", "30s", "59", "nan", "inf"])
+def test_a_bad_period_is_one_line_and_exit_2(fcntl_procs: Procs, value: str) -> None:
+    job = fcntl_procs.script("job.py", "print('body')\n")
+    outcome = fcntl_procs.run_python(job, env={"RUNALWAYS_ONCE_PER": value})
+    assert outcome.returncode == 2 and outcome.stdout == "", outcome
+    assert outcome.stderr.startswith("runalways: RUNALWAYS_ONCE_PER=") and outcome.stderr.count("\n") == 1, outcome
+    command = fcntl_procs.run([sys.executable, "-m", "runalways", "run", "--once-per", value, "--", "true"])
+    assert command.returncode == 2 and command.stdout == "", command
+    assert "--once-per" in command.stderr and command.stderr.count("\n") == 1, command
+    unknown = fcntl_procs.run_python(job, env={"RUNALWAYS_ONCE_PER": "1h", "RUNALWAYS_ONCE_PER_UNKNOWN": "maybe"})
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1, unknown
+
+
+@pytest.mark.clause("R16.4")
+@pytest.mark.parametrize("unknown", ["skip", "run"])
+@pytest.mark.parametrize("engine", ["redis", "postgres"])
+def test_a_server_that_forgot_cannot_say_whether_the_period_ran(tmp_path: Path, engine: str, unknown: str) -> None:
+    import pgserver
+    import redisserver
+
+    started: AbstractContextManager[Any]
+    if engine == "redis":
+        started = redisserver.running(redisserver.required_binary())
+        wait_until_older_than = redisserver.wait_until_older_than
+    else:
+        started = pgserver.running(pgserver.required_bindir())
+        wait_until_older_than = pgserver.wait_until_older_than
+    with started as server:
+        procs = Procs(engine, tmp_path, {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": "3"})
+        try:
+            fleet = Fleet(procs, "1d", "UTC", RUNALWAYS_ONCE_PER_UNKNOWN=unknown)
+            noon = "2026-01-15 12:00:00"
+            wait_until_older_than(server.url, 3)
+            fleet.seed(CASES["daily-noon-utc"])
+            assert_ran(fleet.start("host-a", at(noon, 0)))
+            if engine == "postgres":  # a server restored without it: the record is lost
+                import psycopg
+
+                with psycopg.connect(server.url, autocommit=True) as conn:
+                    conn.execute("DELETE FROM runalways_periods")
+            server.restart()  # redis without persistence: the record is gone with the lock
+            wait_until_older_than(server.url, 3)
+            outcome = fleet.start("host-b", at(noon, 10))
+            if unknown == "skip":
+                assert outcome.returncode == 1 and "may have run in this period" in outcome.stderr, outcome
+                assert outcome.stderr.count("\n") == 1, outcome
+                # Said once: the record of the period is written, the next start is a plain skip ...
+                assert_done(fleet.start("host-c", at(noon, 12)), "host-b")
+                expected = ["host-z", "host-a"]
+            else:
+                assert_ran(outcome)
+                expected = ["host-z", "host-a", "host-b"]
+            # ... and the next period runs.
+            assert_ran(fleet.start("host-c", at(noon, DAY)))
+            assert fleet.ran() == [*expected, "host-c"]
+            reasons = [reason for event, reason in fleet.events() if event == "skip"]
+            assert reasons == (["unknown", "done"] if unknown == "skip" else []), fleet.events()
+        finally:
+            procs.reap()
+
+
+@pytest.mark.clause("R16.7")
+def test_status_shows_the_period_s_run(procs: Procs) -> None:
+    case = CASES["daily-noon-utc"]
+    fleet = Fleet(procs, case.period, case.tz)
+    status = [sys.executable, "-m", "runalways", "status", "--once-per", case.period]
+    env = {key: value for key, value in fleet.env.items() if key.startswith(("RUNALWAYS_NAME", "RUNALWAYS_URL", "TZ"))}
+    before = finish(procs.start([*status, "--json", str(fleet.script)], env=env))
+    assert json.loads(before.stdout)["period"] is None, before
+    fleet.seed(case)
+    after = finish(procs.start([*status, "--json", str(fleet.script)], env=env))
+    period = json.loads(after.stdout)["period"]
+    assert (period["host"], period["period"]) == ("host-z", DAY), after
+    assert isinstance(period["tick"], int) and isinstance(period["pid"], int) and period["started"] > 0, after
+    text = finish(procs.start([*status, str(fleet.script)], env=env))
+    assert text.stdout.count("period:") == 1 and " on host-z, pid " in text.stdout, text
