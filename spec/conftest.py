@@ -46,6 +46,10 @@ def chosen_backends(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", chosen_backends(metafunc.config))
+    if "local_backend" in metafunc.fixturenames:
+        # A case about what a backend keeps on this host: the backends whose lock is local.
+        local = [name for name in chosen_backends(metafunc.config) if not get_class(name).capabilities.across_hosts]
+        metafunc.parametrize("local_backend", local)
 
 
 #: The cluster backends' lease in the suite: short, so that lease cases stay fast.
@@ -72,6 +76,16 @@ SERVER_SETTINGS = {"postgres": "postgres_settings", "redis": "redis_settings"}
 def procs(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
     settings: dict[str, str] = request.getfixturevalue(SERVER_SETTINGS[backend]) if backend in SERVER_SETTINGS else {}
     started = Procs(backend, tmp_path, settings)
+    try:
+        yield started
+    finally:
+        started.reap()
+
+
+@pytest.fixture
+def local_procs(local_backend: str, tmp_path: Path) -> Iterator[Procs]:
+    """Processes for a case about what a backend keeps on this host, run for each local backend."""
+    started = Procs(local_backend, tmp_path)
     try:
         yield started
     finally:

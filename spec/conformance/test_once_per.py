@@ -16,9 +16,8 @@ import json
 import shutil
 import sys
 import uuid
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pytest
 from harness import HOLD, Outcome, Procs, finish, wait_for_line
@@ -192,9 +191,8 @@ def test_a_skip_under_the_always_policy_is_silent_and_the_conflict_exit_applies(
 
 
 @pytest.mark.clause("R16.5")
-def test_the_record_beside_the_lock_is_replaced_whole_and_a_damaged_one_runs(procs: Procs) -> None:
-    if procs.backend in CLUSTER:
-        pytest.skip("the record lives on the server")
+def test_the_record_beside_the_lock_is_replaced_whole_and_a_damaged_one_runs(local_procs: Procs) -> None:
+    procs = local_procs  # the cluster backends keep the record on the server (R16.4)
     case = CASES["every-minute"]
     fleet = Fleet(procs, case.period, case.tz)
     assert_ran(fleet.start("host-a", at(case.boundary, 0)))
@@ -227,22 +225,13 @@ def test_a_bad_period_is_one_line_and_exit_2(fcntl_procs: Procs, value: str) -> 
 @pytest.mark.parametrize("unknown", ["skip", "run"])
 @pytest.mark.parametrize("engine", ["redis", "postgres"])
 def test_a_server_that_forgot_cannot_say_whether_the_period_ran(tmp_path: Path, engine: str, unknown: str) -> None:
-    import pgserver
-    import redisserver
+    import servers
 
-    started: AbstractContextManager[Any]
-    if engine == "redis":
-        started = redisserver.running(redisserver.required_binary())
-        wait_until_older_than = redisserver.wait_until_older_than
-    else:
-        started = pgserver.running(pgserver.required_bindir())
-        wait_until_older_than = pgserver.wait_until_older_than
-    with started as server:
+    with servers.aged(servers.SERVERS[engine](), 3) as server:
         procs = Procs(engine, tmp_path, {"RUNALWAYS_URL": server.url, "RUNALWAYS_TTL": "3"})
         try:
             fleet = Fleet(procs, "1d", "UTC", RUNALWAYS_ONCE_PER_UNKNOWN=unknown)
             noon = "2026-01-15 12:00:00"
-            wait_until_older_than(server.url, 3)
             fleet.seed(CASES["daily-noon-utc"])
             assert_ran(fleet.start("host-a", at(noon, 0)))
             if engine == "postgres":  # a server restored without it: the record is lost
@@ -251,7 +240,7 @@ def test_a_server_that_forgot_cannot_say_whether_the_period_ran(tmp_path: Path, 
                 with psycopg.connect(server.url, autocommit=True) as conn:
                     conn.execute("DELETE FROM runalways_periods")
             server.restart()  # redis without persistence: the record is gone with the lock
-            wait_until_older_than(server.url, 3)
+            server.wait_until_older_than(3)
             outcome = fleet.start("host-b", at(noon, 10))
             if unknown == "skip":
                 assert outcome.returncode == 1 and "may have run in this period" in outcome.stderr, outcome
