@@ -39,9 +39,9 @@ def file_for(backend: Backend) -> str:
 
 
 def _file_for_key(key: str) -> str:
-    from runalways._lockdir import lock_file_for
+    from runalways._lockdir import companion_file
 
-    return lock_file_for("heartbeat:" + key, os.path.basename(key), suffix=".beat")
+    return companion_file(key, "heartbeat", ".beat")
 
 
 def beat(locks: list[Backend], *, rate_limited: bool = True) -> None:

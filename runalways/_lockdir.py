@@ -257,6 +257,12 @@ def lock_file_for(key: str, readable: str | None = None, suffix: str = ".lock") 
     return os.path.join(directory(), file_name(key, readable, suffix))
 
 
+def companion_file(key: str, kind: str, suffix: str) -> str:
+    """The file of ``kind`` (a heartbeat, the record of a period) that goes with the lock named
+    ``key`` (``Backend.lock_key()``), in the lock directory: every process of the job finds it."""
+    return lock_file_for(f"{kind}:{key}", os.path.basename(key), suffix)
+
+
 def lock_file_target(path: str, display: str, name: str) -> Target:
     """A lock file the user named (RUNALWAYS_LOCK=PATH, --lock, ``path=``).
 

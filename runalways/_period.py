@@ -124,16 +124,15 @@ def check(backend: Backend, period: float, run_unknown: bool) -> Skip | None:
 # -- the file beside the lock, for the local backends --------------------------------------
 
 
-def file_for(backend: Backend) -> str:
-    from runalways._lockdir import lock_file_for
+def _file_for(key: str) -> str:
+    from runalways._lockdir import companion_file
 
-    key = backend.lock_key()
-    return lock_file_for("period:" + key, os.path.basename(key), suffix=".period")
+    return companion_file(key, "period", ".period")
 
 
-def read_file(backend: Backend) -> Run | None:
-    """The record in the file beside ``backend``'s lock; None when there is none (or it is damaged)."""
-    path = file_for(backend)
+def read_file(key: str) -> Run | None:
+    """The record in the file beside the lock named ``key``; None when there is none (or it is damaged)."""
+    path = _file_for(key)
     try:
         with open(path, "rb") as record:
             return Run.from_json(record.read(4096))
@@ -143,10 +142,10 @@ def read_file(backend: Backend) -> Run | None:
         raise _failure("read", path, error) from None
 
 
-def write_file(backend: Backend, run: Run) -> None:
-    """Replace the record beside ``backend``'s lock: a temporary file renamed over it, so a
+def write_file(key: str, run: Run) -> None:
+    """Replace the record beside the lock named ``key``: a temporary file renamed over it, so a
     crash leaves the old record or the new one, never half of one."""
-    path = file_for(backend)
+    path = _file_for(key)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         _write_replacing(temporary, path, run)

@@ -119,13 +119,13 @@ class Backend(abc.ABC):
         """
         from runalways._period import read_file
 
-        return read_file(self)
+        return read_file(self.lock_key())
 
     def record_run(self, run: "Run") -> None:
         """Replace the record with ``run``, atomically; only while holding the lock."""
         from runalways._period import write_file
 
-        write_file(self, run)
+        write_file(self.lock_key(), run)
 
     def forgot_within(self, seconds: float) -> bool:
         """Whether the store may have lost a record written in the last ``seconds``
