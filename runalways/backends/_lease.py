@@ -87,6 +87,8 @@ class LeaseBackend(Backend):
         # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
         given = chosen.lock_name
         self.lock_name = given if given and target.path is not None else target.name
+        #: The server's age when this lock was taken, in seconds, where the engine can tell it.
+        self._uptime: float | None = None
         self._timer: KillTimer | None = None
         self._beating: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -219,6 +221,10 @@ class LeaseBackend(Backend):
                 self._timer = None
         self.token = None
         _untrack(self)
+
+    def forgot_within(self, seconds: float) -> bool:
+        """The server is younger than ``seconds``: restarted, it may have lost the record."""
+        return self._uptime is not None and self._uptime < seconds
 
     def _forget_after_fork(self) -> None:
         self._forked = True

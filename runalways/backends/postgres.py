@@ -150,7 +150,6 @@ class PostgresBackend(LeaseBackend):
         self.key = lock_key(self.lock_name)
         self._conn: Connection | None = None
         #: The server's age when the lock was taken, in seconds.
-        self._uptime: float | None = None
 
     # -- taking the lock ------------------------------------------------------------
 
@@ -376,10 +375,6 @@ class PostgresBackend(LeaseBackend):
                 conn.execute(_RECORD_RUN, values)
         except psycopg.Error as error:
             raise self._failure(error) from None
-
-    def forgot_within(self, seconds: float) -> bool:
-        """The server started less than ``seconds`` ago: it may have lost the record."""
-        return self._uptime is not None and self._uptime < seconds
 
     # -- for runalways run, status and messages --------------------------------------
 

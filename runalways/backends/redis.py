@@ -149,7 +149,6 @@ class RedisBackend(LeaseBackend):
         self._client: Client | None = None
         self._value = b""
         self._held = False
-        self._uptime: float | None = None
         self._replicas = 0
 
     # -- taking the lock ------------------------------------------------------------
@@ -375,10 +374,6 @@ class RedisBackend(LeaseBackend):
             raise self._failure(error) from None
         if not written:
             raise LockFailed(f"the lock {self.lock_name!r} was lost before the record of its period was written")
-
-    def forgot_within(self, seconds: float) -> bool:
-        """The server is younger than ``seconds``: restarted, it may have lost the record."""
-        return self._uptime is not None and self._uptime < seconds
 
     # -- for status and messages -------------------------------------------------------
 
