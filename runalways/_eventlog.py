@@ -39,17 +39,6 @@ def line(event: str, backend: Backend, fields: dict[str, object]) -> str:
     return " ".join(f"{key}={_quoted(value)}" for key, value in values.items() if value is not None)
 
 
-def _holder_fields(backend: Backend) -> dict[str, object]:
-    """Who kept this start out, and for how long it has held the lock (or since its last heartbeat)."""
-    from runalways._heartbeat import age
-
-    holder = backend.holder()
-    if holder is None:
-        return {}
-    held_for, _ = age(backend, holder)
-    return {"holder_pid": holder.pid, "holder_age": None if held_for is None else round(held_for, 1)}
-
-
 def _quoted(value: object) -> str:
     text = str(value)
     if text and not any(character in text for character in ' "=\\\n\t'):
@@ -63,8 +52,6 @@ def record(destination: str | None, event: str, backend: Backend, fields: dict[s
     if destination is None:
         return
     try:
-        if event == "skip" and "holder_pid" not in fields:
-            fields = {**_holder_fields(backend), **fields}
         text = line(event, backend, fields)
         if destination == SYSLOG:
             import syslog

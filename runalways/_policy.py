@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
 
     from runalways._main_script import Reader
+    from runalways._report import Run
     from runalways._values import Holder, Target
     from runalways.backends.base import Backend
 
@@ -47,6 +48,9 @@ ALONE = "alone"
 #: The locks this process took as a guard (import, ``api.guard()``, ``runalways run``),
 #: oldest first; kept referenced until the process ends. ``api.held()`` shows them.
 guarding: "list[Backend]" = []
+
+#: The run each of those locks began, when a record is asked for: what pairs its end with its start.
+_runs: "dict[Backend, Run]" = {}
 
 
 def choose(environ: "Mapping[str, str]", *, environment_wins: bool = True, **given: object) -> Settings:
@@ -141,8 +145,12 @@ def take(target: "Target", chosen: Settings, *, stale: bool = True) -> "Backend 
     return backend
 
 
-def enforce(policy: str, target: "Target", chosen: Settings) -> "Backend":
-    """Apply ``policy`` to ``target``: return holding the lock, or end the process."""
+def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool = True) -> "Backend":
+    """Apply ``policy`` to ``target``: return holding the lock, or end the process.
+
+    ``until_exit``: the lock is held until the process ends, whose exit status is the run's
+    (the import guard, ``api.guard()``); ``runalways run`` reports its command's with :func:`ended`.
+    """
     outcome = take(target, chosen)
     if isinstance(outcome, Refused):
         record(chosen, "skip", outcome.backend, reason="held")
@@ -165,7 +173,12 @@ def enforce(policy: str, target: "Target", chosen: Settings) -> "Backend":
         say(f"runalways: {backend.notice}")
     if not chosen.silent:
         say(f"'{target.display}' has been started at {int(time.time())}")
-    record(chosen, "start", backend)
+    if chosen.log is not None or chosen.metrics is not None or chosen.ping is not None:
+        from runalways import _report
+
+        _runs[backend] = run = _report.begin(chosen, backend)
+        if until_exit:
+            _report.at_process_end(chosen, backend, run)
     if chosen.stale_after is not None or chosen.timeout != 0:
         # Taken after a wait or a kill, perhaps long after this process started: a
         # heartbeat now, or a start checking for stale holders would count this holder's
@@ -216,11 +229,21 @@ def _stale_taken_over(backend: "Backend", chosen: Settings) -> bool:
 
 
 def record(chosen: Settings, event: str, backend: "Backend", **fields: object) -> None:
-    """RUNALWAYS_LOG: one line about ``event`` in the job's record; nothing without the setting."""
-    if chosen.log is not None:
-        from runalways._eventlog import record as write
+    """One event of the job for the records the settings name (RUNALWAYS_LOG, RUNALWAYS_METRICS,
+    RUNALWAYS_PING: ``runalways._report``); nothing, and nothing loaded, without them."""
+    if chosen.log is not None or chosen.metrics is not None or chosen.ping is not None:
+        from runalways._report import report
 
-        write(chosen.log, event, backend, fields)
+        report(chosen, event, backend, fields)
+
+
+def ended(chosen: Settings, backend: "Backend", status: int, output: "bytes | None" = None) -> None:
+    """The run that holds ``backend`` (taken by :func:`enforce` with ``until_exit=False``) ended with ``status``."""
+    run = _runs.pop(backend, None)
+    if run is not None:
+        from runalways._report import end
+
+        end(chosen, backend, run, status, output)
 
 
 def arm_deadline(chosen: Settings) -> None:

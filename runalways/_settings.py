@@ -222,6 +222,19 @@ def parse_period(text: str, where: str) -> float:
     return period
 
 
+def parse_ping_url(text: str, where: str) -> str:
+    """RUNALWAYS_PING: an http:// or https:// URL with a host, the check's ping URL."""
+    url = text.strip()
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if scheme.lower() not in ("http", "https") or not host or any(character.isspace() for character in url):
+        raise _invalid(
+            f"{where} is not a ping URL; give the check's http:// or https:// URL, "
+            "such as https://hc-ping.example/<uuid>"
+        )
+    return url.rstrip("/")
+
+
 # -- The table ------------------------------------------------------------------------------
 
 #: Which backends read the cluster settings.
@@ -477,6 +490,41 @@ SETTINGS: "Tuple[Setting, ...]" = (
         about="a logfmt line for every start, skip, stale holder, kill and deadline",
     ),
     Setting(
+        attribute="metrics",
+        variable="RUNALWAYS_METRICS",
+        parse=parse_text,
+        default=None,
+        allowed="a directory (node_exporter's `--collector.textfile.directory`)",
+        about="rewrite `<dir>/runalways_<name>.prom` at every start, skip, stale holder and end, for "
+        "Prometheus's textfile collector (see [Monitoring](docs/monitoring.md))",
+        keyword="metrics",
+        option=("--metrics", "DIR", "write the job's metrics to DIR/runalways_<name>.prom (textfile collector)"),
+        commands=("run", "status"),
+    ),
+    Setting(
+        attribute="ping",
+        variable="RUNALWAYS_PING",
+        parse=parse_ping_url,
+        default=None,
+        allowed="an `http://` or `https://` URL",
+        about="ping a healthchecks-style check: `/start` when a run begins, the URL on success, "
+        "`/<exit status>` on failure (see [Monitoring](docs/monitoring.md))",
+        keyword="ping",
+        option=("--ping", "URL", "ping URL/start, then URL or URL/<exit status> when the command ends"),
+        commands=("run",),
+    ),
+    Setting(
+        attribute="ping_on_skip",
+        variable="RUNALWAYS_PING_ON_SKIP",
+        parse=choice("none", "log", "fail"),
+        default="log",
+        allowed="`log` (default), `fail`, `none`",
+        about="what a skipped start pings: `URL/log` with who holds the lock, `URL/fail`, or nothing",
+        keyword="ping_on_skip",
+        option=("--ping-on-skip", "WHAT", "a skip pings URL/log (default), URL/fail, or none"),
+        commands=("run",),
+    ),
+    Setting(
         attribute="directory",
         variable="RUNALWAYS_DIR",
         parse=parse_text,
@@ -602,6 +650,9 @@ class Settings:
         once_per: "float | None"
         once_per_unknown: str
         log: "str | None"
+        metrics: "str | None"
+        ping: "str | None"
+        ping_on_skip: str
         directory: "str | None"
         url: str
         lock_name: "str | None"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 
-from runalways import _eventlog
 from runalways._heartbeat import age
 from runalways._messages import say
 from runalways._settings import Settings, format_duration
@@ -51,18 +50,22 @@ def take_over(backend: Backend, chosen: Settings) -> bool:
         + ("" if beat is None else " since its last heartbeat")
         + f", longer than the limit of {format_duration(chosen.stale_after)}"
     )
-    details: dict[str, object] = {"holder_pid": holder.pid, "holder_age": round(held_for, 1)}
+    details: dict[str, object] = {
+        "holder_pid": holder.pid,
+        "holder_host": holder.host,
+        "holder_age": round(held_for, 1),
+    }
     refusal = _cannot_kill(holder) if chosen.on_stale == "kill" else "reported"
     if refusal is None:
         outcome = _kill(backend, holder, chosen.kill_grace)
         if outcome is True:
-            _eventlog.record(chosen.log, "kill", backend, details)
+            _reported(chosen, "kill", backend, details)
             say(f"runalways: {about}: killed it and started anew")
             return True
         if outcome is False:
             return False
         refusal = outcome
-    _eventlog.record(chosen.log, "stale", backend, details)
+    _reported(chosen, "stale", backend, details)
     hint = "" if refusal == "reported" else f" ({refusal})"
     say(f"runalways: {about}: is it hung?{hint}")
     raise SystemExit(chosen.stale_exit)
@@ -145,3 +148,10 @@ def _dead(pid: int) -> bool:
 
     status = process_status(pid)
     return status is None or status[0] == "Z"
+
+
+def _reported(chosen: Settings, event: str, backend: Backend, details: dict[str, object]) -> None:
+    from runalways._report import report, wanted
+
+    if wanted(chosen):
+        report(chosen, event, backend, details)

@@ -98,6 +98,9 @@ def guard(
     stale_after: float | str | None = None,
     once_per: float | str | None = None,
     once_per_unknown: str | None = None,
+    metrics: str | None = None,
+    ping: str | None = None,
+    ping_on_skip: str | None = None,
 ) -> Backend | None:
     """Apply ``policy`` ("always" or "alone") now; return the backend holding the lock.
 
@@ -112,7 +115,9 @@ def guard(
     ``once_per`` (RUNALWAYS_ONCE_PER, a duration of a minute or more) runs the job once per
     period, on whichever host starts first; the period's later starts are skips, as when
     another copy holds the lock. ``once_per_unknown`` ("skip" or "run") decides when the
-    server forgot whether the period ran.
+    server forgot whether the period ran. ``metrics`` (RUNALWAYS_METRICS, a directory),
+    ``ping`` (RUNALWAYS_PING, a URL) and ``ping_on_skip`` ("log", "fail" or "none") report
+    every start, skip and end of the job (docs/monitoring.md).
     """
     if policy not in (_policy.ALWAYS, _policy.ALONE):
         raise SettingError(f"policy={policy!r} is not a policy; use 'always' or 'alone'")
@@ -130,6 +135,9 @@ def guard(
         stale_after=stale_after,
         once_per=once_per,
         once_per_unknown=once_per_unknown,
+        metrics=metrics,
+        ping=ping,
+        ping_on_skip=ping_on_skip,
     )
     wanted = target(path, name, chosen)
     for holding in held():

@@ -46,10 +46,10 @@ def run(arguments: argparse.Namespace) -> int:
         identity = "\0".join([os.path.realpath(executable), *command[1:]])
         target = Target(None, display=display, name=identity)
     policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
-    holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen)
+    holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen, until_exit=False)
     status = _supervise([executable, *command[1:]], command[0], holding, chosen)
     if holding is not None:
-        _policy.record(chosen, "exit", holding, status=status)
+        _policy.ended(chosen, holding, status)
         holding.release()  # removes a lock file runalways named itself: none is left per argument
     return status
 
