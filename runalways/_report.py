@@ -18,7 +18,8 @@ The events and their fields:
   reported, or killed.
 * ``deadline``: RUNALWAYS_TIMEOUT ended the command.
 * ``exit``: the run ended. ``run_id``, ``status`` (the exit status: 0 for a normal end,
-  n for ``sys.exit(n)``, 1 for an uncaught exception), ``duration`` (seconds), and under
+  n for ``sys.exit(n)``, 1 for an uncaught exception; absent when it cannot be known, as
+  ``runalways._ending`` tells), ``duration`` (seconds), and under
   ``runalways run`` with RUNALWAYS_PING, ``output``: the tail of what the command wrote.
 
 No record ever fails the job or changes its exit status: each says one line on stderr
@@ -73,8 +74,9 @@ def begin(chosen: Settings, backend: Backend) -> Run:
     return run
 
 
-def end(chosen: Settings, backend: Backend, run: Run, status: int, output: bytes | None = None) -> None:
-    """The run ended with ``status``: reported as ``exit``, with its duration."""
+def end(chosen: Settings, backend: Backend, run: Run, status: int | None, output: bytes | None = None) -> None:
+    """The run ended with ``status`` (None: not known, ``runalways._ending`` says when): reported
+    as ``exit``, with its duration."""
     fields: dict[str, object] = {"run_id": run.run_id, "status": status, "duration": run.duration()}
     if output is not None:
         fields["output"] = output
@@ -86,7 +88,7 @@ def at_process_end(chosen: Settings, backend: Backend, run: Run) -> None:
     report the run's end with the process's exit status, before the lock is released."""
     from runalways._ending import when_process_ends
 
-    callback: Callable[[int], None] = lambda status: end(chosen, backend, run, status)  # noqa: E731
+    callback: Callable[[int | None], None] = lambda status: end(chosen, backend, run, status)  # noqa: E731
     when_process_ends(callback)
 
 

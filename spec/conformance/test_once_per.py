@@ -106,9 +106,13 @@ class Fleet:
         return self.runs.read_text().split() if self.runs.exists() else []
 
     def events(self) -> list[tuple[str, str]]:
+        """Each event of the record, with a skip's reason and an end's exit status."""
         if not self.log.exists():
             return []
-        return [(fields["event"], fields.get("reason", "")) for fields in map(parse, self.log.read_text().splitlines())]
+        return [
+            (fields["event"], fields.get("reason", fields.get("status", "")))
+            for fields in map(parse, self.log.read_text().splitlines())
+        ]
 
 
 def assert_ran(outcome: Outcome) -> None:
@@ -132,7 +136,8 @@ def test_hosts_whose_clocks_disagree_run_one_tick_once(procs: Procs, case: Case)
     assert_done(fleet.start("host-b", at(case.boundary, 1)), "host-a")
     assert_done(fleet.start("host-c", at(case.boundary, 3)), "host-a")
     assert fleet.ran() == ["host-z", "host-a"]
-    assert fleet.events() == [("start", ""), ("start", ""), ("skip", "done"), ("skip", "done")]
+    ran = [("start", ""), ("exit", "0")]
+    assert fleet.events() == [*ran, *ran, ("skip", "done"), ("skip", "done")]
 
 
 @pytest.mark.clause("R16.2")
@@ -175,7 +180,7 @@ def test_a_run_longer_than_the_period_keeps_the_next_ticks_out_as_held(procs: Pr
         outcome = finish(procs.start(fleet.argv(host, clock, long_job), env=fleet.env))
         assert outcome.returncode == 0 and outcome.stdout == "", outcome
     assert finish(holder).returncode == 0
-    assert fleet.events() == [("start", ""), ("skip", "held"), ("skip", "held")]
+    assert fleet.events() == [("start", ""), ("skip", "held"), ("skip", "held"), ("exit", "0")]
 
 
 @pytest.mark.clause("R16.1")
@@ -187,7 +192,7 @@ def test_a_skip_under_the_always_policy_is_silent_and_the_conflict_exit_applies(
         outcome = fleet.start("host-b", at(case.boundary, 61 - case.seconds), **extra)
         assert outcome.returncode == status and outcome.stdout == "" and outcome.stderr == "", outcome
     assert fleet.ran() == ["host-z"]
-    assert fleet.events() == [("start", ""), ("skip", "done"), ("skip", "done")]
+    assert fleet.events() == [("start", ""), ("exit", "0"), ("skip", "done"), ("skip", "done")]
 
 
 @pytest.mark.clause("R16.5")
