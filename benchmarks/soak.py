@@ -30,6 +30,13 @@ writes its table into the chaos soak section of benchmarks/RESULTS.md (``--out``
 another file), and exits 1 when a backend had an overlap, a traceback or an unexpected end.
 The cluster backends run against servers of their own on 127.0.0.1, started and stopped by
 the test suite's helpers.
+
+The fleet mode (benchmarks/fleet.py) soaks RUNALWAYS_ONCE_PER: three hosts whose clocks
+disagree fire ticks of a job that must run once per tick, never twice, never two at once::
+
+    python3 benchmarks/soak.py --fleet --seconds 90
+
+writes its own rows into the same section, keeping the others (and the other way round).
 """
 
 from __future__ import annotations
@@ -416,6 +423,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="how long each backend is soaked")
     parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="the fleet mode: RUNALWAYS_ONCE_PER on three hosts whose clocks disagree (benchmarks/fleet.py)",
+    )
+    parser.add_argument(
         "--backend", action="append", help=f"soak only this backend (repeatable; {PLAIN}: the plain start, no setting)"
     )
     parser.add_argument(
@@ -425,7 +437,10 @@ def main() -> int:
         help="the file whose chaos soak section the table replaces, or is appended to (default: %(default)s)",
     )
     options = parser.parse_args()
-    chosen = options.backend or [PLAIN, *(name for name in names() if get_class(name).unavailable() is None)]
+    usable = [name for name in names() if get_class(name).unavailable() is None]
+    if options.fleet:
+        return fleet_main(options.backend or usable, options.seconds, options.out, named=bool(options.backend))
+    chosen = options.backend or [PLAIN, *usable]
     import tempfile
 
     rows = []
@@ -455,6 +470,46 @@ def main() -> int:
     previous = options.out.read_text() if options.out.exists() else ""
     options.out.write_text(soak_section.write(previous, section))
     print(f"wrote the chaos soak section of {options.out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def fleet_main(chosen: list[str], seconds: float, out: Path, *, named: bool) -> int:
+    """``--fleet``: the fleet mode for each backend in ``chosen`` (``named``: given on the command
+    line), its rows into ``out``."""
+    import tempfile
+
+    import fleet
+
+    rows = []
+    failed = False
+    load_before = os.getloadavg()[0]
+    for name in chosen:
+        with tempfile.TemporaryDirectory(prefix="runalways-fleet-") as folder, server_for(name) as settings:
+            report = fleet.fleet_soak(name, seconds, Path(folder), settings)
+        print(report.row(), flush=True)
+        for line in [*report.twice, *report.missed, *report.wrong]:
+            print(f"  {line}", file=sys.stderr)
+        for line in report.unexpected:
+            print(f"  unexpected: {line}", file=sys.stderr)
+        for text in report.traceback_texts:
+            print("  traceback:\n" + text, file=sys.stderr)
+        failed = failed or report.failed()
+        rows.append(report.row())
+    command = "python3 benchmarks/soak.py --fleet" + "".join(f" --backend {name}" for name in chosen if named)
+    part = (
+        "### Fleet mode: once per period\n\n"
+        f"`{command} --seconds {seconds:g}` on {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, CPython {sys.version.split()[0]}; load average (1 min) "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n"
+        + fleet.HEADER
+        + "\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + fleet.LEGEND
+    )
+    previous = out.read_text() if out.exists() else ""
+    out.write_text(soak_section.write_fleet(previous, part))
+    print(f"wrote the fleet mode's rows of the chaos soak section of {out}", file=sys.stderr)
     return 1 if failed else 0
 
 

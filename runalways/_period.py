@@ -144,7 +144,8 @@ def read_file(key: str) -> Run | None:
 
 def write_file(key: str, run: Run) -> None:
     """Replace the record beside the lock named ``key``: a temporary file renamed over it, so a
-    crash leaves the old record or the new one, never half of one."""
+    crash leaves the old record or the new one, never half of one; the next writer removes the
+    temporary file a crash left."""
     path = _file_for(key)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
@@ -154,10 +155,7 @@ def write_file(key: str, run: Run) -> None:
 
 
 def _write_replacing(temporary: str, path: str, run: Run) -> None:
-    try:  # left by a process of the same pid that died here: only the lock's holder writes it
-        os.unlink(temporary)
-    except FileNotFoundError:
-        pass
+    _remove_leftovers(path)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -172,6 +170,21 @@ def _write_replacing(temporary: str, path: str, run: Run) -> None:
         except OSError:
             pass
         raise
+
+
+def _remove_leftovers(path: str) -> None:
+    """Remove the temporary files (``<record>.<pid>.tmp``) of writers killed before their rename.
+
+    Only the lock's holder writes the record, and a local lock is held until its holder dies:
+    while this process holds it, every other such file is a dead writer's, whatever its pid."""
+    folder, name = os.path.split(path)
+    prefix, suffix = name + ".", ".tmp"
+    for entry in os.listdir(folder):
+        if entry.startswith(prefix) and entry.endswith(suffix) and entry[len(prefix) : -len(suffix)].isdigit():
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except FileNotFoundError:
+                pass
 
 
 def _failure(what: str, path: str, error: OSError) -> LockFailed:

@@ -30,3 +30,23 @@ def test_the_benchmark_rewrites_the_file_but_keeps_the_soak_section(tmp_path: Pa
     written = (tmp_path / "RESULTS.md").read_text()
     assert written.startswith(report.markdown(results)) and "older benchmark" not in written
     assert soak_section.read(written) == soak
+
+
+def test_the_soak_and_its_fleet_mode_each_replace_only_their_own_rows() -> None:
+    benchmark = "# benchmark results\n"
+    plain = soak_section.write(benchmark, "## Chaos soak\n\nplain table one")
+    fleet = soak_section.write_fleet(plain + "\n## More\n", "### Fleet mode\n\nfleet table one\n")
+    section = soak_section.read(fleet)
+    assert section is not None and section.startswith("## Chaos soak\n\nplain table one\n\n")
+    assert soak_section.read_fleet(fleet) == "### Fleet mode\n\nfleet table one" and fleet.endswith("\n## More\n")
+    # The plain soak rewrites its rows, the fleet mode's stay; and the other way round.
+    plain_again = soak_section.write(fleet, "## Chaos soak\n\nplain table two")
+    assert plain_again == fleet.replace("plain table one", "plain table two")
+    fleet_again = soak_section.write_fleet(plain_again, "### Fleet mode\n\nfleet table two")
+    assert fleet_again == plain_again.replace("fleet table one", "fleet table two")
+    # The fleet mode alone makes a section of its own.
+    alone = soak_section.write_fleet(benchmark, "### Fleet mode\n\nrows")
+    assert (
+        soak_section.read(alone)
+        == f"## Chaos soak\n\n{soak_section.FLEET_BEGIN}\n### Fleet mode\n\nrows\n{soak_section.FLEET_END}"
+    )

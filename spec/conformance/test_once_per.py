@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
+import signal
 import sys
 import uuid
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from harness import HOLD, Outcome, Procs, finish, wait_for_line
+from harness import HOLD, Outcome, Procs, finish, read_line, wait_for_line, wait_until
 
 from runalways._eventlog import parse
+from runalways._period import Run
 
 CLUSTER = ("postgres", "redis")
 
@@ -280,3 +283,145 @@ def test_status_shows_the_period_s_run(procs: Procs) -> None:
     assert isinstance(period["tick"], int) and isinstance(period["pid"], int) and period["started"] > 0, after
     text = finish(procs.start([*status, str(fleet.script)], env=env))
     assert text.stdout.count("period:") == 1 and " on host-z, pid " in text.stdout, text
+
+
+#: The job, stopped where a test kills it: with INTERCEPT=before-the-record when its start,
+#: holding the lock, is about to write the period's record (the backend's ``record_run``),
+#: after-the-record once it has, before-the-rename (local backends) when the record's
+#: temporary file is written and about to be renamed over the record. It prints where it is
+#: and its pid, and waits for its stdin, which the test never closes: the test kills it.
+INTERCEPTED = """
+import os, socket, sys
+import runalways.api
+from runalways.backends import get_class
+
+WHERE = os.environ.get("INTERCEPT")
+
+
+def pause(where):
+    print(where, os.getpid(), flush=True)
+    sys.stdin.read()
+
+
+backend = get_class(os.environ["RUNALWAYS_BACKEND"])
+record_run = backend.record_run
+
+
+def intercepted(self, run):
+    if WHERE == "before-the-record":
+        pause(WHERE)
+    record_run(self, run)
+    if WHERE == "after-the-record":
+        pause(WHERE)
+
+
+backend.record_run = intercepted
+replace = os.replace
+
+
+def replacing(source, destination, **flags):
+    if WHERE == "before-the-rename" and str(destination).endswith(".period"):
+        pause(WHERE)
+    replace(source, destination, **flags)
+
+
+os.replace = replacing
+runalways.api.guard("alone")
+with open(sys.argv[1], "a") as runs:
+    runs.write(socket.gethostname() + "\\n")
+"""
+
+
+def intercepted_fleet(procs: Procs, case: Case) -> Fleet:
+    fleet = Fleet(procs, case.period, case.tz)
+    fleet.script = procs.script("job.py", INTERCEPTED, header="")
+    return fleet
+
+
+def start_and_kill(fleet: Fleet, host: str, clock: str, where: str) -> int:
+    """Start the job on ``host``, let it reach ``where``, SIGKILL it there; its pid.
+
+    The start runs under ``faketime``, whose own process waits for the job's: the job's pid is
+    the one it prints, and that process is the one killed (the faketime process then ends)."""
+    started = fleet.procs.start(
+        [*fleet.argv(host, f"@{clock}"), str(fleet.runs)], env={**fleet.env, "INTERCEPT": where}
+    )
+    line = read_line(started)
+    assert line.split()[:1] == [where], (line, finish(started))
+    pid = int(line.split()[1])
+    os.kill(pid, signal.SIGKILL)
+    outcome = finish(started)  # faketime ends once the job is gone ("Caught Killed", exit 1)
+    assert outcome.returncode != 0 and not os.path.exists(f"/proc/{pid}"), outcome
+    return pid
+
+
+def status(fleet: Fleet, host: str) -> dict[str, object]:
+    """``runalways status --json --once-per`` of the job on ``host``: who holds its lock, and the
+    period's record. On the host of a pidfile's writer: others cannot tell whether it is alive."""
+    env = {key: value for key, value in fleet.env.items() if key.startswith(("RUNALWAYS_NAME", "TZ"))}
+    name_it = 'hostname "$1" && shift && exec "$@"'
+    argv = ["unshare", "--uts", "sh", "-c", name_it, "sh", host, sys.executable, "-m", "runalways", "status"]
+    argv += ["--json", "--once-per", "1m", str(fleet.script)]
+    found: dict[str, object] = json.loads(finish(fleet.procs.start(argv, env=env)).stdout)
+    return found
+
+
+@pytest.mark.clause("R16.5")
+@pytest.mark.parametrize("where", ["before-the-record", "after-the-record"])
+def test_a_start_killed_holding_the_lock_ran_the_period_once_its_record_is_written(procs: Procs, where: str) -> None:
+    case = CASES["every-minute"]
+    fleet = intercepted_fleet(procs, case)
+    fleet.seed(case)
+    start_and_kill(fleet, "host-a", at(case.boundary, 0), where)
+    # A cluster lock outlives its killed holder by up to the lease, a local one dies with it
+    # (a pidfile's writer is known dead on its own host: the next start there comes first).
+    wait_until(lambda: not status(fleet, "host-a")["held"], "the killed start's lock to be free")
+    record = status(fleet, "host-a")["period"]
+    assert isinstance(record, dict), record
+    if where == "before-the-record":
+        # Its body never ran and no record says it did: the period's next start runs it.
+        assert record["host"] == "host-z", record
+        assert_ran(fleet.start("host-a", at(case.boundary, 2)))
+        assert_done(fleet.start("host-b", at(case.boundary, 4)), "host-a")
+        assert fleet.ran() == ["host-z", "host-a"]
+    else:
+        # At most once: the record says the period ran, though the body never did.
+        assert record["host"] == "host-a", record
+        assert_done(fleet.start("host-a", at(case.boundary, 2)), "host-a")
+        assert_done(fleet.start("host-b", at(case.boundary, 4)), "host-a")
+        assert fleet.ran() == ["host-z"]
+    # Either way the next period runs.
+    assert_ran(fleet.start("host-c", at(case.boundary, case.seconds)))
+
+
+@pytest.mark.clause("R16.5")
+def test_a_start_killed_before_renaming_its_record_leaves_the_old_one_whole_and_no_temporary_file(
+    local_procs: Procs,
+) -> None:
+    procs = local_procs  # the cluster backends write their record in one statement on the server
+    case = CASES["every-minute"]
+    fleet = intercepted_fleet(procs, case)
+    fleet.seed(case)
+    locks = procs.workdir / "locks"
+    (record,) = locks.glob("*.period")
+    old = record.read_bytes()
+    seeded = Run.from_json(old)
+    assert seeded is not None and seeded.host == "host-z", old
+    # Two starts of the period, each killed with its new record written whole to its
+    # temporary file, not yet renamed: the record stays the old one, whole, and the second
+    # start removed the first one's temporary file before writing its own.
+    # (On one host: a pidfile left by a killed writer is known stale on its own host only.)
+    for host, late in (("host-a", 0), ("host-a", 1)):
+        pid = start_and_kill(fleet, host, at(case.boundary, late), "before-the-rename")
+        temporary = locks / f"{record.name}.{pid}.tmp"
+        written = Run.from_json(temporary.read_bytes())
+        assert written is not None and (written.host, written.tick) == (host, seeded.tick + 1), written
+        assert record.read_bytes() == old
+        assert list(locks.glob("*.tmp")) == [temporary]
+    # No record of this period: the next start runs it, and its write removes what the dead left.
+    assert_ran(fleet.start("host-a", at(case.boundary, 2)))
+    assert list(locks.glob("*.tmp")) == []
+    replaced = Run.from_json(record.read_bytes())
+    assert replaced is not None and (replaced.host, replaced.tick) == ("host-a", seeded.tick + 1), replaced
+    assert_done(fleet.start("host-b", at(case.boundary, 4)), "host-a")
+    assert fleet.ran() == ["host-z", "host-a"]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+from fleet import fleet_soak
 from harness import Procs
 from soak import PLAIN, soak
 
 #: Seconds of the short form each backend gets in the suite; the long form is
 #: ``python3 benchmarks/soak.py --seconds 300``.
 SECONDS = 4.0
+
+#: Seconds of the fleet mode each backend gets in the suite, and its ticks' interval; the long
+#: form is ``python3 benchmarks/soak.py --fleet --seconds 90``.
+FLEET_SECONDS = 3.0
+FLEET_INTERVAL = 0.6
 
 #: The least share of the soak a body must have been running, for the local backends and
 #: for the cluster ones (whose every start connects to a server, whose stopped holder keeps
@@ -42,3 +49,15 @@ def test_a_chaos_soak_of_plain_starts_never_runs_two_bodies_at_once(tmp_path: Pa
     assert report.overlaps == 0, report
     assert report.tracebacks == 0 and report.unexpected == [], report
     assert report.bodies > 0 and report.availability >= FLOOR[False], report
+
+
+@pytest.mark.clause("R16.8")
+def test_a_fleet_soak_runs_each_tick_at_most_once_and_never_two_bodies_at_once(procs: Procs, tmp_path: Path) -> None:
+    """Three hosts whose clocks disagree fire ticks of a job with RUNALWAYS_ONCE_PER, under the saboteur."""
+    settings = dict(procs.settings)
+    if "RUNALWAYS_URL" in settings:  # the worker's server is shared: a job of its own
+        settings["RUNALWAYS_NAME"] = f"fleet-{uuid.uuid4().hex[:12]}"
+    report = fleet_soak(procs.backend, FLEET_SECONDS, tmp_path / "fleet", settings, interval=FLEET_INTERVAL)
+    assert report.twice == [] and report.missed == [] and report.wrong == [], report
+    assert report.overlaps == 0 and report.tracebacks == 0 and report.unexpected == [], report
+    assert report.ticks >= 4 and report.runs >= 1 and report.most == 1, report
