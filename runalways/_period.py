@@ -39,41 +39,79 @@ UNKNOWN = "unknown"
 
 
 class Run:
-    """The last period that ran: its tick and length, and the host, pid and start of its run."""
+    """The last period that ran: its tick and length, the host, pid and start of its run, and
+    how that run ended (``ended``, the epoch of its end, is None until it reported one)."""
 
-    __slots__ = ("host", "period", "pid", "started", "tick")
+    __slots__ = ("ended", "host", "period", "pid", "started", "status", "tick")
 
-    def __init__(self, tick: int, period: float, host: str, pid: int, started: float) -> None:
+    def __init__(
+        self,
+        tick: int,
+        period: float,
+        host: str,
+        pid: int,
+        started: float,
+        status: int | None = None,
+        ended: float | None = None,
+    ) -> None:
         self.tick = tick
         self.period = period
         self.host = host
         self.pid = pid
         self.started = started
+        #: Its exit status; None while it runs, if it ended without a report, or if its end
+        #: could not tell the status (docs/monitoring.md, "How the end is known").
+        self.status = status
+        self.ended = ended
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
 
     def as_dict(self) -> dict[str, object]:
-        return {"tick": self.tick, "period": self.period, "host": self.host, "pid": self.pid, "started": self.started}
+        return {
+            "tick": self.tick,
+            "period": self.period,
+            "host": self.host,
+            "pid": self.pid,
+            "started": self.started,
+            "status": self.status,
+            "ended": self.ended,
+        }
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Run | None:
         """The record in ``text``; None for anything that is not one (a damaged record runs the job)."""
         try:
             fields = json.loads(text)
+            status, ended = fields.get("status"), fields.get("ended")
             return cls(
                 int(fields["tick"]),
                 float(fields["period"]),
                 str(fields["host"]),
                 int(fields["pid"]),
                 float(fields["started"]),
+                None if status is None else int(status),
+                None if ended is None else float(ended),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
+    def finished(self, status: int | None, ended: float) -> Run:
+        """This run, ended at ``ended`` with ``status``."""
+        return Run(self.tick, self.period, self.host, self.pid, self.started, status, ended)
+
     def describe(self) -> str:
+        """Where and when it ran, and how it ended, as far as the record knows: asked by a start
+        that holds the lock, so the run is over."""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"at {when} on {self.host}, pid {self.pid}"
+        return f"at {when} on {self.host}, pid {self.pid}, {self.outcome()}"
+
+    def outcome(self) -> str:
+        if self.ended is None:
+            return "which ended without a report (killed, or still running elsewhere)"
+        if self.status is None:
+            return "which ended with an exit status that could not be known"
+        return f"which ended with exit status {self.status}"
 
 
 class Skip:
@@ -97,7 +135,13 @@ class Skip:
         """For the job's log (RUNALWAYS_LOG)."""
         if self.last is None:
             return {"reason": self.reason, "holder_pid": None}
-        return {"reason": self.reason, "holder_pid": None, "ran_host": self.last.host, "ran_pid": self.last.pid}
+        return {
+            "reason": self.reason,
+            "holder_pid": None,
+            "ran_host": self.last.host,
+            "ran_pid": self.last.pid,
+            "ran_status": self.last.status,
+        }
 
 
 def tick(now: float, period: float) -> tuple[int, float]:
@@ -107,18 +151,33 @@ def tick(now: float, period: float) -> tuple[int, float]:
     return number, local - number * period
 
 
-def check(backend: Backend, period: float, run_unknown: bool) -> Skip | None:
-    """With ``backend`` holding the lock: None to run (the period's record is then written), or why not."""
+def check(backend: Backend, period: float, run_unknown: bool) -> Skip | Run:
+    """With ``backend`` holding the lock: the period's record, written, to run; or why not."""
     now = time.time()
     current, since_start = tick(now, period)
     last = backend.last_run()
     if last is not None and last.period == period and last.tick >= current:
         return Skip(DONE, last)
     unknown = last is None and backend.forgot_within(since_start)
-    backend.record_run(Run(current, period, socket.gethostname(), os.getpid(), now))
+    run = Run(current, period, socket.gethostname(), os.getpid(), now)
+    backend.record_run(run)
     if unknown and not run_unknown:
         return Skip(UNKNOWN, None)
-    return None
+    return run
+
+
+def finish(backend: Backend, run: Run, status: int | None) -> None:
+    """The period's ``run`` ended with ``status``: its record says so, for the period's later
+    starts and for ``status``. Written while the lock is still held; a record that cannot be
+    written is one line on stderr, and the exit status stays the job's."""
+    from runalways.errors import LockFailed
+
+    try:
+        backend.record_run(run.finished(status, round(time.time(), 3)))
+    except LockFailed as error:
+        from runalways._messages import say
+
+        say(f"runalways: the end of the period's run is not recorded: {error}")
 
 
 # -- the file beside the lock, for the local backends --------------------------------------

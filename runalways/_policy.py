@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
 
     from runalways._main_script import Reader
+    from runalways._period import Run as PeriodRun
     from runalways._report import Run
     from runalways._values import Holder, Target
     from runalways.backends.base import Backend
@@ -51,6 +52,8 @@ guarding: "list[Backend]" = []
 
 #: The run each of those locks began, when a record is asked for: what pairs its end with its start.
 _runs: "dict[Backend, Run]" = {}
+#: The period's record each of those locks wrote (RUNALWAYS_ONCE_PER), for :func:`ended`.
+_periods: "dict[Backend, PeriodRun]" = {}
 
 
 def choose(environ: "Mapping[str, str]", *, environment_wins: bool = True, **given: object) -> Settings:
@@ -163,7 +166,7 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
         raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
     backend = outcome
     if chosen.once_per is not None and backend.unlocked is None:
-        _once_per_period(policy, target, chosen, backend)
+        _once_per_period(policy, target, chosen, backend, until_exit)
     guarding.append(backend)
     if chosen.fork == "close":
         backend.close_in_forked_children()
@@ -189,18 +192,25 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
     return backend
 
 
-def _once_per_period(policy: str, target: "Target", chosen: Settings, backend: "Backend") -> None:
+def _once_per_period(policy: str, target: "Target", chosen: Settings, backend: "Backend", until_exit: bool) -> None:
     """RUNALWAYS_ONCE_PER, holding the lock: return to run (the period's record written), or
-    give the lock back and end the process as a skip, the period's run done (or unknown)."""
-    from runalways._period import check
+    give the lock back and end the process as a skip, the period's run done (or unknown).
+    The run's end goes into the record too, so that the period's later starts can say how it ended."""
+    from runalways._period import Run, check, finish
 
-    skip = check(backend, chosen.once_per, chosen.once_per_unknown == "run")  # type: ignore[arg-type]
-    if skip is None:
+    found = check(backend, chosen.once_per, chosen.once_per_unknown == "run")  # type: ignore[arg-type]
+    if isinstance(found, Run):
+        if until_exit:
+            from runalways._ending import when_process_ends
+
+            when_process_ends(lambda status: finish(backend, found, status))
+        else:
+            _periods[backend] = found
         return
     backend.release()
-    record(chosen, "skip", backend, **skip.fields())
+    record(chosen, "skip", backend, **found.fields())
     if policy == ALONE and not chosen.silent:
-        say(skip.message(target.display, getattr(backend, "engine", backend.name)))
+        say(found.message(target.display, getattr(backend, "engine", backend.name)))
     raise SystemExit(chosen.conflict_exit if chosen.conflict_exit is not None else int(policy == ALONE))
 
 
@@ -239,6 +249,11 @@ def record(chosen: Settings, event: str, backend: "Backend", **fields: object) -
 
 def ended(chosen: Settings, backend: "Backend", status: int, output: "bytes | None" = None) -> None:
     """The run that holds ``backend`` (taken by :func:`enforce` with ``until_exit=False``) ended with ``status``."""
+    period = _periods.pop(backend, None)
+    if period is not None:
+        from runalways._period import finish
+
+        finish(backend, period, status)
     run = _runs.pop(backend, None)
     if run is not None:
         from runalways._report import end

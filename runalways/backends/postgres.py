@@ -94,13 +94,15 @@ _TAKEN = (
 #: RUNALWAYS_ONCE_PER: one row per job, the last period that ran, replaced by each run.
 _PERIODS_TABLE = (
     "CREATE TABLE IF NOT EXISTS runalways_periods (job text PRIMARY KEY, tick bigint NOT NULL,"
-    " period double precision NOT NULL, host text NOT NULL, pid integer NOT NULL, started double precision NOT NULL)"
+    " period double precision NOT NULL, host text NOT NULL, pid integer NOT NULL, started double precision NOT NULL,"
+    " status integer, ended double precision)"
 )
-_LAST_RUN = "SELECT tick, period, host, pid, started FROM runalways_periods WHERE job = %s"
+_LAST_RUN = "SELECT tick, period, host, pid, started, status, ended FROM runalways_periods WHERE job = %s"
 _RECORD_RUN = (
-    "INSERT INTO runalways_periods (job, tick, period, host, pid, started) VALUES (%s, %s, %s, %s, %s, %s)"
+    "INSERT INTO runalways_periods (job, tick, period, host, pid, started, status, ended)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (job) DO UPDATE SET tick = excluded.tick, period = excluded.period, host = excluded.host,"
-    " pid = excluded.pid, started = excluded.started"
+    " pid = excluded.pid, started = excluded.started, status = excluded.status, ended = excluded.ended"
 )
 #: application_name: "runalways <pid> <epoch granted or -> <host>"; the host goes last
 #: because the server cuts the name at 63 bytes.
@@ -353,7 +355,15 @@ class PostgresBackend(LeaseBackend):
                 conn.close()
         if row is None:
             return None
-        return Run(int(row[0]), float(row[1]), str(row[2]), int(row[3]), float(row[4]))
+        return Run(
+            int(row[0]),
+            float(row[1]),
+            str(row[2]),
+            int(row[3]),
+            float(row[4]),
+            None if row[5] is None else int(row[5]),
+            None if row[6] is None else float(row[6]),
+        )
 
     def record_run(self, run: Run) -> None:
         import psycopg
@@ -361,7 +371,7 @@ class PostgresBackend(LeaseBackend):
         conn = self._conn
         if conn is None:
             raise LockFailed(f"the lock {self.lock_name!r} is not held: the record of its period is not written")
-        values = (self._job(), run.tick, run.period, run.host, run.pid, run.started)
+        values = (self._job(), run.tick, run.period, run.host, run.pid, run.started, run.status, run.ended)
         try:
             try:
                 conn.execute(_RECORD_RUN, values)

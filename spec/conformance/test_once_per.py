@@ -122,10 +122,11 @@ def assert_ran(outcome: Outcome) -> None:
     assert outcome.returncode == 0 and "has been started" in outcome.stderr, outcome
 
 
-def assert_done(outcome: Outcome, host: str) -> None:
+def assert_done(outcome: Outcome, host: str, ended: str = "which ended with exit status 0") -> None:
+    """A skip of a period whose run was on ``host`` and ``ended`` so."""
     assert outcome.returncode == 1, outcome
     assert outcome.stderr.count("\n") == 1 and "already ran in this period" in outcome.stderr, outcome
-    assert f"on {host}, pid " in outcome.stderr, outcome
+    assert f"on {host}, pid " in outcome.stderr and f"{ended})" in outcome.stderr, outcome
 
 
 @pytest.mark.clause("R16.1", "R16.2", "R16.5")
@@ -196,6 +197,26 @@ def test_a_skip_under_the_always_policy_is_silent_and_the_conflict_exit_applies(
         assert outcome.returncode == status and outcome.stdout == "" and outcome.stderr == "", outcome
     assert fleet.ran() == ["host-z"]
     assert fleet.events() == [("start", ""), ("exit", "0"), ("skip", "done"), ("skip", "done")]
+
+
+@pytest.mark.clause("R16.1")
+def test_a_skip_says_how_the_period_s_run_ended(procs: Procs) -> None:
+    case = CASES["hourly"]
+    failing = Fleet(procs, case.period, case.tz)
+    failing.script = procs.script("failing.py", JOB + "sys.exit(3)\n", header="import runalways.alone\n")
+    first = failing.start("host-a", at(case.boundary, 1), RUNALWAYS_ONCE_PER_UNKNOWN="run")
+    assert first.returncode == 3 and "has been started" in first.stderr, first
+    assert_done(failing.start("host-b", at(case.boundary, 5)), "host-a", "which ended with exit status 3")
+    assert ("skip", "done") in failing.events() and ("exit", "3") in failing.events()
+    # runalways run records its command's end the same way.
+    command = procs.script("command.sh", "exit 5\n", header="#!/bin/sh\n")
+    command.chmod(0o755)
+    run = [sys.executable, "-m", "runalways", "run", "--alone", "--once-per", case.period, "--", str(command)]
+    env = {**failing.env, "RUNALWAYS_ONCE_PER_UNKNOWN": "run"}
+    ran = finish(procs.start(run, env=env))
+    assert ran.returncode == 5, ran
+    skipped = finish(procs.start(run, env=env))
+    assert skipped.returncode == 1 and "which ended with exit status 5)" in skipped.stderr, skipped
 
 
 @pytest.mark.clause("R16.5")
@@ -281,6 +302,7 @@ def test_status_shows_the_period_s_run(procs: Procs) -> None:
     period = json.loads(after.stdout)["period"]
     assert (period["host"], period["period"]) == ("host-z", DAY), after
     assert isinstance(period["tick"], int) and isinstance(period["pid"], int) and period["started"] > 0, after
+    assert period["status"] == 0 and period["ended"] >= period["started"], after
     text = finish(procs.start([*status, str(fleet.script)], env=env))
     assert text.stdout.count("period:") == 1 and " on host-z, pid " in text.stdout, text
 
@@ -386,9 +408,10 @@ def test_a_start_killed_holding_the_lock_ran_the_period_once_its_record_is_writt
         assert fleet.ran() == ["host-z", "host-a"]
     else:
         # At most once: the record says the period ran, though the body never did.
-        assert record["host"] == "host-a", record
-        assert_done(fleet.start("host-a", at(case.boundary, 2)), "host-a")
-        assert_done(fleet.start("host-b", at(case.boundary, 4)), "host-a")
+        assert (record["host"], record["ended"], record["status"]) == ("host-a", None, None), record
+        killed = "which ended without a report (killed, or still running elsewhere)"
+        assert_done(fleet.start("host-a", at(case.boundary, 2)), "host-a", killed)
+        assert_done(fleet.start("host-b", at(case.boundary, 4)), "host-a", killed)
         assert fleet.ran() == ["host-z"]
     # Either way the next period runs.
     assert_ran(fleet.start("host-c", at(case.boundary, case.seconds)))
