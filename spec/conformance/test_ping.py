@@ -36,6 +36,13 @@ END_BOUND = 2 * BUDGET
 SLACK = 5.0
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_for_the_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy set for the machine must not stand between a job and the monitor on 127.0.0.1."""
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(variable, ",".join(filter(None, [os.environ.get(variable), "127.0.0.1"])))
+
+
 @pytest.fixture
 def monitors(tmp_path: Path) -> Iterator[Callable[[str], PingServer]]:
     """Start a monitor in a mode (``ok``, ``error``, ``hang``); each is stopped after the test."""
