@@ -47,9 +47,9 @@ def run(arguments: argparse.Namespace) -> int:
         target = Target(None, display=display, name=identity)
     policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
     holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen, until_exit=False)
-    status = _supervise([executable, *command[1:]], command[0], holding, chosen)
+    status, output = _supervise([executable, *command[1:]], command[0], holding, chosen)
     if holding is not None:
-        _policy.ended(chosen, holding, status)
+        _policy.ended(chosen, holding, status, output)
         holding.release()  # removes a lock file runalways named itself: none is left per argument
     return status
 
@@ -76,8 +76,9 @@ def _program(name: str) -> str:
     return path
 
 
-def _supervise(argv: list[str], shown: str, holding: Backend | None, chosen: Settings) -> int:
-    """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status.
+def _supervise(argv: list[str], shown: str, holding: Backend | None, chosen: Settings) -> tuple[int, bytes | None]:
+    """Run the command, pass on SIGINT/SIGTERM/SIGHUP, and return its exit status, and with
+    RUNALWAYS_PING the tail of its output (``runalways.cli.tee``; None without).
 
     The backend ``holding`` the lock may add to the command's environment (a fencing
     token). The command dies with us: if runalways is killed (SIGKILL, an OOM kill, a
@@ -94,6 +95,11 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None, chosen: Set
 
     child: list[subprocess.Popen[bytes]] = []
     pending: list[int] = []
+    tee = None
+    if chosen.ping is not None and holding is not None:  # a run to report: its end's ping carries the output
+        from runalways.cli.tee import Tee
+
+        tee = Tee()
 
     def forward(signum: int, frame: object) -> None:
         if child:
@@ -112,19 +118,32 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None, chosen: Set
                 executable=argv[0],
                 env=_command_environment(holding),
                 preexec_fn=_in_child(die_with_parent() if holding is not None else None, chosen.deadline is not None),
+                stdout=None if tee is None else tee.stdout,
+                stderr=None if tee is None else tee.stderr,
             )
         )
     except OSError as error:
         _cannot_start(shown, error)
+    finally:
+        if tee is not None:
+            tee.started()
     for signum in pending:
         child[0].send_signal(signum)
+    status = _wait(child[0], shown, chosen, holding)
+    return status, None if tee is None else tee.output()
+
+
+def _wait(child: subprocess.Popen[bytes], shown: str, chosen: Settings, holding: Backend | None) -> int:
+    """The command's exit status (128 + n for a signal n), or 124 once stopped at its deadline."""
+    import subprocess
+
     if chosen.deadline is None:
-        status = child[0].wait()
+        status = child.wait()
     else:
         try:
-            status = child[0].wait(timeout=chosen.deadline)
+            status = child.wait(timeout=chosen.deadline)
         except subprocess.TimeoutExpired:
-            _stop_at_deadline(child[0], shown, chosen, holding)
+            _stop_at_deadline(child, shown, chosen, holding)
             return TIMED_OUT
     return status if status >= 0 else 128 - status
 

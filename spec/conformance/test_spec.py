@@ -10,7 +10,7 @@ import pytest
 
 SPEC = Path(__file__).parent.parent / "SPEC.md"
 SUITE = Path(__file__).parent
-CLAUSE = re.compile(r"^- \*\*(R\d+\.\d+)\b", re.MULTILINE)
+CLAUSE = re.compile(r"^- \*\*(R\d+(?:\.\d+)+)\b", re.MULTILINE)  # R16.1, and R17.4.1 under R17.4
 TEST_NAME = re.compile(r"`(test_\w+)`")
 
 
