@@ -8,9 +8,9 @@ event          request
 =============  =============================================================================
 ``start``      ``URL/start?rid=<run id>``: a run began, holding the lock
 ``exit``       ``URL?rid=<run id>`` on status 0, ``URL/<status>?rid=<run id>`` on another
-               (``URL/fail`` for a status outside 0-255); the body is the tail of the
-               command's output under ``runalways run`` (the last 10 kB, as runitor sends),
-               else ``exit status 3 after 12.5 s`` and who ran
+               (``URL/fail`` for a status outside 0-255, or one that could not be known);
+               the body is the tail of the command's output under ``runalways run`` (the
+               last 10 kB, as runitor sends), else ``exit status 3 after 12.5 s`` and who ran
 ``skip``       RUNALWAYS_PING_ON_SKIP: ``URL/log`` (default), ``URL/fail`` or nothing; the
                body says why: who holds the lock and for how long, or that the period's run
                is done (where and as which pid), or cannot be known
@@ -128,10 +128,17 @@ def _request(url: str, event: str, backend: Backend, fields: dict[str, object], 
         return _Ping(url, "/start", _text(fields.get("run_id")), f"'{display}' started: {me}")
     if event == "exit":
         status = fields.get("status")
-        status = status if isinstance(status, int) else 1
         output = fields.get("output")
+        if not isinstance(status, int):
+            # The guard could not know how the job ended (docs/monitoring.md, "How the end is
+            # known"): a failure, said as such, rather than a success that may hide one.
+            body: str | bytes = (
+                f"ended after {fields.get('duration')} s with an exit status runalways could not know "
+                f"(raise SystemExit(n) rather than sys.exit(n)?): '{display}', {me}"
+            )
+            return _Ping(url, "/fail", _text(fields.get("run_id")), body)
         if isinstance(output, (bytes, bytearray)) and output:
-            body: str | bytes = bytes(output)
+            body = bytes(output)
         else:
             body = f"exit status {status} after {fields.get('duration')} s: '{display}', {me}"
         return _Ping(url, status_suffix(status), _text(fields.get("run_id")), body)

@@ -120,6 +120,18 @@ def test_the_import_guard_pings_its_start_and_its_end(
 
 
 @pytest.mark.clause("R17.4.1")
+def test_an_end_whose_status_cannot_be_known_pings_fail_and_says_so(
+    fcntl_procs: Procs, monitors: Callable[[str], PingServer]
+) -> None:
+    server = monitors("ok")
+    job = fcntl_procs.script("job.py", "print('body', flush=True)\nraise SystemExit(0)\n")
+    outcome = fcntl_procs.run_python(job, env={"RUNALWAYS_PING": server.url, "RUNALWAYS_SILENT": "1"})
+    assert (outcome.returncode, outcome.stdout) == (0, "body\n"), outcome
+    received = assert_run(server, "/fail")
+    assert "with an exit status runalways could not know" in received[1]["body"], received
+
+
+@pytest.mark.clause("R17.4.1")
 def test_api_guard_pings_its_start_and_its_end(fcntl_procs: Procs, monitors: Callable[[str], PingServer]) -> None:
     server = monitors("ok")
     job = fcntl_procs.script(
