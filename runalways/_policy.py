@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
 
     from runalways._main_script import Reader
+    from runalways._names import Job
     from runalways._period import Run as PeriodRun
     from runalways._report import Run
     from runalways._values import Holder, Target
@@ -63,10 +64,17 @@ def choose(environ: "Mapping[str, str]", *, environment_wins: bool = True, **giv
 
 
 def named_target(
-    chosen: "Settings | None", path: "str | None", name: "str | None", *, path_given_as: str
+    chosen: "Settings | None",
+    path: "str | None",
+    name: "str | None",
+    *,
+    path_given_as: str,
+    name_given_as: str = "name",
+    job: "Job | None" = None,
 ) -> "Target | None":
     """The lock a caller named: a lock file at ``path`` (given as ``path_given_as``: ``path=``,
-    ``--lock``), or a lock called ``name``; None when it named neither."""
+    ``--lock``), or a lock called ``name`` (given as ``name_given_as``), its fields (``{1}``,
+    ``{args}``, ``{script}``) filled in from ``job``; None when it named neither."""
     if path is not None:
         if chosen is not None:
             refuse_lock_file(chosen, path_given_as)
@@ -74,24 +82,45 @@ def named_target(
 
         return lock_file_target(path, display=path, name=os.path.basename(path))
     if name is not None:
-        if not name.strip():
-            from runalways.errors import SettingError
-
-            raise SettingError("name='' is empty; give the lock a name")
-        from runalways._values import Target
-
-        return Target(None, display=name, name=name)
+        return name_target(name, name_given_as, job)
     return None
 
 
+def name_target(template: str, where: str, job: "Job | None", display: "str | None" = None) -> "Target":
+    """The lock called ``template`` (given as ``where``) with its fields filled in from ``job``
+    (None: the main script's arguments); messages name it ``display``, else by that name."""
+    from runalways._names import expand
+    from runalways._values import Target
+
+    name = expand(template, where, job if job is not None else script_job())
+    return Target(None, display=display or name, name=name)
+
+
+def script_job(script: "str | None" = None) -> "Job":
+    """The arguments of the running script and its file name (``script``, else sys.argv[0]'s),
+    which a lock name's fields take."""
+    from runalways._names import Job
+
+    argv = sys.argv or [""]
+    return Job(argv[1:], script if script is not None else os.path.basename(argv[0]))
+
+
 def script_target(main_globals: "dict[str, Any]", chosen: Settings) -> "Target":
-    """The file to lock for the main script: the script itself unless RUNALWAYS_LOCK or
-    RUNALWAYS_IDENTITY ask for a private lock file."""
+    """The lock for the main script: the script itself unless RUNALWAYS_NAME, RUNALWAYS_LOCK or
+    RUNALWAYS_IDENTITY ask for another."""
     return lock_for_script(_main_script.main_script_target(main_globals), chosen)
 
 
-def lock_for_script(target: "Target", chosen: Settings) -> "Target":
-    """``target``, a script, or the private lock file RUNALWAYS_LOCK or RUNALWAYS_IDENTITY choose for it."""
+def lock_for_script(target: "Target", chosen: Settings, job: "Job | None" = None) -> "Target":
+    """``target``, a script, or the lock RUNALWAYS_NAME names for it, or the private lock file
+    RUNALWAYS_LOCK or RUNALWAYS_IDENTITY choose for it.
+
+    ``job``: what RUNALWAYS_NAME's fields are filled in with (None: the running script's
+    arguments, the script's file name). Messages keep naming the script as it was typed.
+    """
+    if chosen.lock_name is not None:
+        job = job if job is not None else script_job(target.name)
+        return name_target(chosen.lock_name, "RUNALWAYS_NAME", job, display=target.display)
     if chosen.lock is None and chosen.identity == "inode":
         return target
     refuse_lock_file(chosen, "RUNALWAYS_LOCK" if chosen.lock is not None else "RUNALWAYS_IDENTITY=path")

@@ -222,6 +222,13 @@ def parse_period(text: str, where: str) -> float:
     return period
 
 
+def parse_name(text: str, where: str) -> str:
+    """RUNALWAYS_NAME: a lock name whose fields (``{1}``, ``{args}``, ``{script}``) the start fills in."""
+    from runalways._names import check
+
+    return check(text.strip(), where)
+
+
 def parse_ping_url(text: str, where: str) -> str:
     """RUNALWAYS_PING: an http:// or https:// URL with a host, the check's ping URL."""
     url = text.strip()
@@ -530,7 +537,8 @@ SETTINGS: "Tuple[Setting, ...]" = (
         parse=parse_text,
         default=None,
         allowed="a directory only you can write to",
-        about="where lock files runalways creates itself go (`private`, `path`, `--name`, `runalways run`, "
+        about="where lock files runalways creates itself go (`private`, `path`, `--name`, `RUNALWAYS_NAME`, "
+        "`runalways run`, "
         "pidfiles); default `~/.runalways/<machine id>` (see [Where lock files live](docs/lock-files.md)); "
         "set it for every start of a job, or for none",
     ),
@@ -548,12 +556,13 @@ SETTINGS: "Tuple[Setting, ...]" = (
     Setting(
         attribute="lock_name",
         variable="RUNALWAYS_NAME",
-        parse=parse_text,
+        parse=parse_name,
         default=None,
-        allowed="a name",
-        about="the lock name of a guarded script, the same on every host (`--name` / `name=` name a lock "
-        "directly); default: the script's file name",
-        backends=CLUSTER,
+        allowed="a name; `{1}`…`{9}`, `{args}`, `{script}` take the job's arguments",
+        about="the name of the job's lock, with any backend (a lock file of that name in the lock directory, "
+        "the same name on every host): `{script}-{1}` makes each sub-command of a script a job of its own "
+        "(see [Sub-commands](docs/sub-commands.md)); `--name` / `name=` name a lock directly and win; "
+        "default: the script itself (cluster backends: its file name)",
     ),
     Setting(
         attribute="ttl",
@@ -758,6 +767,23 @@ def _check_together(environ: "Mapping[str, str]", chosen: Settings) -> None:
             "RUNALWAYS_KILL_GRACE is the time from SIGTERM to SIGKILL, but nothing here sends SIGTERM: "
             "set RUNALWAYS_TIMEOUT, or RUNALWAYS_STALE_AFTER with RUNALWAYS_ON_STALE=kill, too"
         )
+    _check_name(chosen)
+
+
+def _check_name(chosen: Settings) -> None:
+    """RUNALWAYS_NAME with a setting that picks a lock file for the script: two ways to name one lock."""
+    if chosen.lock_name is None:
+        return
+    if chosen.lock is not None:
+        other = f"RUNALWAYS_LOCK={chosen.lock!r} names a lock file"
+    elif chosen.identity == "path":
+        other = "RUNALWAYS_IDENTITY=path picks a lock file by the script's path"
+    else:
+        return
+    raise _invalid(
+        f"RUNALWAYS_NAME={chosen.lock_name!r} names the job's lock and {other}: "
+        "two ways to name one lock; unset one of them"
+    )
 
 
 def _given(environ: "Mapping[str, str]", *names: str) -> bool:

@@ -23,9 +23,12 @@ another process has it::
 Both take ``backend=``, ``silent=`` (guard only), ``retry=`` (``N`` or ``"N,S"``) or
 ``wait=`` (seconds, ``float("inf")`` for ever), and a target: ``path=`` (a lock file,
 created if missing) or ``name=`` (a lock file of that name in the private lock
-directory); without one, the main script's file. As for ``import runalways``, the
-RUNALWAYS_* environment variables override these keywords, so an operator can change a
-deployed script without editing it. Errors raise :class:`~runalways.errors.RunAlwaysError`.
+directory); without one, the main script's file, or the name RUNALWAYS_NAME gives it. A
+name may use the script's arguments: ``{1}`` … ``{9}``, ``{args}``, ``{script}``
+(``guard(name="report-{1}")``); a name in code names its own lock, whatever
+RUNALWAYS_NAME says. As for ``import runalways``, the RUNALWAYS_* environment variables
+override the other keywords, so an operator can change a deployed script without editing it.
+Errors raise :class:`~runalways.errors.RunAlwaysError`.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ A lock on a server (PostgreSQL, Redis) can be lost without its holder noticing: 
 freezes, the process is stopped, the network is cut, the server restarts. What keeps two
 copies from ever running together is the same for every engine, and lives here:
 
-* Settings: ``RUNALWAYS_URL``, ``RUNALWAYS_TTL`` (default 15 s, at least 3 s),
-  ``RUNALWAYS_NAME`` (the lock name of a guarded script; ``--name`` names a lock
-  directly) and ``RUNALWAYS_UNREACHABLE`` (``fail``, the default: exit 2; ``run``: run
-  without the lock when the server cannot be reached).
+* Settings: ``RUNALWAYS_URL``, ``RUNALWAYS_TTL`` (default 15 s, at least 3 s) and
+  ``RUNALWAYS_UNREACHABLE`` (``fail``, the default: exit 2; ``run``: run without the lock
+  when the server cannot be reached). The lock is the target's name: the script's file
+  name, or the one the policy chose (``RUNALWAYS_NAME``, ``--name``, ``name=``).
 * The heartbeat: a daemon thread renews the lock every TTL/3. A renewal that finds the
   lock gone fences at once; one that cannot tell (a slow network) leaves it to the timer.
 * The self-fence: a kernel timer (``runalways._kernel_kill``) kills the process with SIGKILL at
@@ -84,9 +84,9 @@ class LeaseBackend(Backend):
         self.ttl = chosen.ttl
         self.run_when_unreachable = chosen.run_unreachable
         self.url = chosen.url
-        # An explicitly named lock keeps its name; a script's lock takes RUNALWAYS_NAME.
-        given = chosen.lock_name
-        self.lock_name = given if given and target.path is not None else target.name
+        # The target's name: the script's file name (paths differ between hosts), or the
+        # name the policy chose for it (--name, name=, RUNALWAYS_NAME, their fields filled in).
+        self.lock_name = target.name
         #: The server's age when this lock was taken, in seconds, where the engine can tell it.
         self._uptime: float | None = None
         self._timer: KillTimer | None = None

@@ -69,6 +69,7 @@ DOCS = (
     ("docs/backends.md", "what each backend's lock survives, and which to choose"),
     ("docs/cluster.md", "one copy across many hosts: postgres and redis"),
     ("docs/command-line.md", "run, status, list, backends, completion, exit statuses"),
+    ("docs/sub-commands.md", "one lock per sub-command: names with the job's arguments"),
     ("docs/api.md", "runalways.api: guard(), lock(), heartbeat(), token()"),
     ("docs/traps.md", "the traps other guards fall into"),
     ("docs/benchmarks.md", "start-up and hand-over against the peers"),
@@ -150,7 +151,7 @@ def build_parser() -> OneLineParser:
     )
     run.add_argument("--alone", action="store_true", help="exit 1 with a message when another copy runs")
     _add_settings(run, "run")
-    _add_target(run)
+    _add_target(run, "run")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
 
     status = _add_command(
@@ -162,7 +163,7 @@ def build_parser() -> OneLineParser:
     status.add_argument("script", nargs="?", metavar="SCRIPT", help="the guarded script")
     status.add_argument("--json", action="store_true", help="one JSON object, for monitoring")
     _add_settings(status, "status")
-    _add_target(status)
+    _add_target(status, "status")
 
     listing = _add_command(
         commands,
@@ -240,8 +241,21 @@ def given_settings(arguments: argparse.Namespace, name: str) -> dict[str, object
     }
 
 
-def _add_target(command: argparse.ArgumentParser) -> None:
-    """``--lock PATH`` or ``--name NAME``: which lock, rather than how it is taken."""
+def _add_target(command: argparse.ArgumentParser, name: str) -> None:
+    """``--lock PATH`` or ``--name NAME``: which lock, rather than how it is taken.
+
+    ``run`` fills in a name's fields from its command; ``status`` is told the name the job made.
+    """
     target = command.add_mutually_exclusive_group()
     add_setting(target, "--lock", "PATH", None, "lock this file (created if missing)")
-    add_setting(target, "--name", "NAME", None, "lock a file of this name in the private lock directory")
+    add_setting(
+        target,
+        "--name",
+        "NAME",
+        None,
+        "lock a file of this name in the private lock directory (the same name on every host with a cluster "
+        "backend); {1}..{9}, {args} and {script} take the command's arguments and file name, {{ and }} a brace: "
+        "--name 'backup-{1}'"
+        if name == "run"
+        else "the name of the lock, as the job made it (backup-db1 for --name 'backup-{1}' -- backup.sh db1)",
+    )

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import subprocess
     from typing import Callable, NoReturn
 
+    from runalways._names import Job
+
 
 def run(arguments: argparse.Namespace) -> int:
     command = arguments.argv[1:] if arguments.argv[:1] == ["--"] else arguments.argv
@@ -36,10 +38,19 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.kill_grace is not None and chosen.deadline is None and chosen.on_stale != "kill":
         raise SettingError("--kill-after is the grace after a deadline's SIGTERM: give --timeout too")
     display = shlex.join(command)
-    named = _policy.named_target(chosen, arguments.lock or None, arguments.name or None, path_given_as="--lock")
+    named = _policy.named_target(
+        chosen,
+        arguments.lock or None,
+        arguments.name or None,
+        path_given_as="--lock",
+        name_given_as="--name",
+        job=_job(command) if arguments.name else None,
+    )
     if named is not None:
         target = named
         target.display = display  # messages name the command, whatever the lock is called
+    elif chosen.lock_name is not None:
+        target = _policy.name_target(chosen.lock_name, "RUNALWAYS_NAME", _job(command), display=display)
     else:
         # The same program with the same arguments is the same job, however it was
         # spelt: "./job.sh" and "/srv/job.sh" share a lock (run-one keys on the string).
@@ -52,6 +63,13 @@ def run(arguments: argparse.Namespace) -> int:
         _policy.ended(chosen, holding, status, output)
         holding.release()  # removes a lock file runalways named itself: none is left per argument
     return status
+
+
+def _job(command: list[str]) -> Job:
+    """What the fields of a lock name take under ``run``: the command's arguments and its file name."""
+    from runalways._names import Job
+
+    return Job(command[1:], os.path.basename(command[0]), "the command")
 
 
 def _program(name: str) -> str:
