@@ -65,6 +65,7 @@ EXIT_STATUSES = {
 DOCS = (
     ("docs/lock-files.md", "where lock files live, and why"),
     ("docs/hung-jobs.md", "stale holders, heartbeats, deadlines, the record of skips"),
+    ("docs/monitoring.md", "every run on the record: metrics for Prometheus"),
     ("docs/backends.md", "what each backend's lock survives, and which to choose"),
     ("docs/cluster.md", "one copy across many hosts: postgres and redis"),
     ("docs/command-line.md", "run, status, list, backends, completion, exit statuses"),
