@@ -1,11 +1,15 @@
-"""What tests/ and spec/ share: how many workers ``-n auto`` starts, and one PostgreSQL and one
-Redis server for each pytest process.
+"""What tests/ and spec/ share: how many workers ``-n auto`` starts, and one PostgreSQL server,
+one Redis server and one node exporter for each pytest process.
 
 Each pytest-xdist worker starts its own (tests/servers.py), on first use, a lease old before
 any test gets it (a younger server makes every new holder wait out the restart grace).
 The cluster cases (tests/test_cluster.py) and the conformance suite's runs of the cluster
 backends share them: every test uses lock names of its own, and none restarts, stops or
 reconfigures these servers (a test that does starts a server of its own).
+
+The node exporter's textfile collector reads one directory at every scrape: the metrics
+cases (spec/conformance/test_metrics.py) write their jobs' files there, each under job
+names of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 from typing import Iterator
 
 import pytest
-from servers import PostgresServer, RedisServer, ServerProcess, aged
+from servers import NodeExporter, PostgresServer, RedisServer, ServerProcess, aged
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -43,4 +47,10 @@ def postgres_server() -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[ServerProcess]:
     with aged(RedisServer()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def node_exporter() -> Iterator[NodeExporter]:
+    with NodeExporter() as server:
         yield server

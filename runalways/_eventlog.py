@@ -102,10 +102,13 @@ def parse(text: str) -> dict[str, str]:
 
 
 def summary(path: str, lock: str) -> dict[str, object]:
-    """From the record at ``path``, for ``lock``: the last start, the skips since it, the last exit status."""
+    """From the record at ``path``, for ``lock``: the last start, the skips since it, and the last
+    end: its exit status, how long the run took and when it ended."""
     last_start: str | None = None
     skips = 0
     last_exit: int | None = None
+    last_end: str | None = None
+    last_duration: float | None = None
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as record_file:
             for text in record_file:
@@ -118,11 +121,29 @@ def summary(path: str, lock: str) -> dict[str, object]:
                 elif event == "skip":
                     skips += 1
                 elif event == "exit" and fields.get("status", "").isdigit():
-                    last_exit = int(fields["status"])
+                    last_exit, last_end = int(fields["status"]), fields.get("time")
+                    last_duration = _seconds(fields.get("duration"))
     except OSError:
         return {}
+    return {
+        "last_start": _epoch(last_start),
+        "skips_since_start": skips,
+        "last_exit_status": last_exit,
+        "last_duration_seconds": last_duration,
+        "last_end": _epoch(last_end),
+    }
+
+
+def _epoch(stamp: str | None) -> int | None:
+    """``2026-11-29T10:00:00Z`` in epoch seconds."""
     try:
-        started = None if last_start is None else calendar.timegm(time.strptime(last_start, "%Y-%m-%dT%H:%M:%SZ"))
+        return None if stamp is None else calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
-        started = None
-    return {"last_start": started, "skips_since_start": skips, "last_exit_status": last_exit}
+        return None
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None

@@ -506,7 +506,7 @@ SETTINGS: "Tuple[Setting, ...]" = (
         "Prometheus's textfile collector (see [Monitoring](docs/monitoring.md))",
         keyword="metrics",
         option=("--metrics", "DIR", "write the job's metrics to DIR/runalways_<name>.prom (textfile collector)"),
-        commands=("run", "status"),
+        commands=("run", "status", "list"),
     ),
     Setting(
         attribute="ping",

@@ -1,10 +1,13 @@
-"""Throw-away PostgreSQL and Redis servers for the tests and the benchmarks: 127.0.0.1 only, a free port.
+"""Throw-away servers for the tests and the benchmarks: 127.0.0.1 only, a free port.
+
+PostgreSQL and Redis for the cluster backends; Prometheus's node exporter, whose textfile
+collector reads the metrics files runalways writes (RUNALWAYS_METRICS).
 
 ``ServerProcess`` holds all the mechanics: a directory of its own, a free port (or the same
 one again on a restart), waiting until the server answers, stopping by the PID of the
 server process we started (SIGKILL if it hangs, reaped either way), removal, and ageing.
-``PostgresServer`` and ``RedisServer`` say only what differs: the command, how to ask
-whether it answers, and how old it is.
+``PostgresServer``, ``RedisServer`` and ``NodeExporter`` say only what differs: the
+command, how to ask whether it answers, and how old it is.
 
 Why our own rather than pytest-postgresql and pytest-redis (both evaluated):
 
@@ -31,7 +34,8 @@ Why our own rather than pytest-postgresql and pytest-redis (both evaluated):
   grace; neither library knows of it (``wait_until_older_than``).
 
 The PostgreSQL binaries come from ``pg_config --bindir`` or ``/usr/lib/postgresql/*/bin``,
-Redis's from ``redis-server`` (``valkey-server`` without it) on the PATH; without them
+Redis's from ``redis-server`` (``valkey-server`` without it) on the PATH, the node
+exporter from ``prometheus-node-exporter`` (``node_exporter`` without it); without them
 the tests that need a server fail and say to install the package (tests/system-packages.sh
 does). Redis runs without persistence (``--save '' --appendonly no``), so a restart
 loses every key, as a crash of a server without persistence does.
@@ -337,6 +341,67 @@ class RedisServer(ServerProcess):
 
         with redis.Redis.from_url(self.url, socket_timeout=STARTUP_TIMEOUT) as client:
             return float(client.info("server")["uptime_in_seconds"]) - 1
+
+
+# -- Prometheus's node exporter ---------------------------------------------------------
+
+
+def node_exporter_binary() -> str | None:
+    for name in ("prometheus-node-exporter", "node_exporter"):
+        found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+        if found:
+            return found
+    return None
+
+
+class NodeExporter(ServerProcess):
+    """A node exporter with its textfile collector alone, reading ``textfile_dir`` at each scrape.
+
+    Every other collector is off (``--collector.disable-defaults``), and so are the
+    exporter's own Go and process metrics: a scrape is then cheap, and what it serves is
+    only what the files in the directory say, with ``node_textfile_scrape_error``.
+    """
+
+    label = "node_exporter"
+
+    def __init__(self, binary: str | None = None) -> None:
+        found = binary or node_exporter_binary()
+        if found is None:
+            _fail("no node exporter: install the prometheus-node-exporter package (tests/system-packages.sh does)")
+        self.binary = found
+        super().__init__()
+        #: The collector's directory: RUNALWAYS_METRICS for the jobs whose metrics it serves.
+        self.textfile_dir = os.path.join(self.dir, "textfile")
+        os.mkdir(self.textfile_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.disable-exporter-metrics",
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={self.textfile_dir}",
+        ]
+
+    def answers(self) -> bool:
+        try:
+            self.scrape(timeout=2)
+        except OSError:
+            return False
+        return True
+
+    def scrape(self, timeout: float = STARTUP_TIMEOUT) -> str:
+        """What Prometheus would get now: the text of ``GET /metrics``."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url, timeout=timeout) as response:
+            text: str = response.read().decode("utf-8")
+            return text
 
 
 #: Each engine's server class, by the backend's name.

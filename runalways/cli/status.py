@@ -111,10 +111,25 @@ def _status_json(asked: Backend, holder: Holder | None, chosen: Settings) -> int
         from runalways._eventlog import summary
 
         found.update(summary(chosen.log, asked.lock_key()))
+    if chosen.metrics is not None:
+        from runalways._metrics import file_for
+
+        found["metrics"] = file_for(chosen.metrics, asked.target)
+        _add_last_outcome(found, chosen.metrics, asked)
     print(json.dumps(found))
     if found["stale"]:
         return STALE
     return 0 if found["held"] else NOT_RUNNING
+
+
+def _add_last_outcome(found: dict[str, object], metrics: str, asked: Backend) -> None:
+    """Add what the job's metrics file (RUNALWAYS_METRICS, --metrics) says of its last run to
+    ``found``: what the file does not know leaves what another record (the log) said."""
+    from runalways._metrics import last_outcome
+
+    for key, value in last_outcome(metrics, asked.target).items():
+        if value is not None or found.get(key) is None:
+            found[key] = value
 
 
 def _facts(asked: Backend, holder: Holder | None, stale_after: float | None) -> dict[str, object]:
@@ -173,11 +188,13 @@ def list_locks(arguments: argparse.Namespace) -> int:
     """Every lock held here, oldest first: a table for people, or JSON lines."""
     from runalways._held_locks import on_this_machine
 
-    stale_after = _policy.choose(os.environ, environment_wins=False, **given_settings(arguments, "list")).stale_after
+    chosen = _policy.choose(os.environ, environment_wins=False, **given_settings(arguments, "list"))
     entries = []
     for backend, holder in on_this_machine():
-        entry = _facts(backend, holder, stale_after)
+        entry = _facts(backend, holder, chosen.stale_after)
         entry["note"] = holder.note
+        if arguments.json and chosen.metrics is not None:
+            _add_last_outcome(entry, chosen.metrics, backend)
         entries.append(entry)
     entries.sort(key=lambda entry: -float(entry["age_seconds"] or 0.0))  # type: ignore[arg-type]
     if arguments.json:
