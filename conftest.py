@@ -10,6 +10,11 @@ reconfigures these servers (a test that does starts a server of its own).
 The node exporter's textfile collector reads one directory at every scrape: the metrics
 cases (spec/conformance/test_metrics.py) write their jobs' files there, each under job
 names of its own.
+
+libfaketime's wrapper creates its semaphore and shared memory with O_EXCL under its own pid
+and removes them when it ends; a wrapper killed outright leaves them behind, and a later
+wrapper that gets the same pid then refuses to start ("sem_open: File exists"). The first
+pytest process removes those of processes that are gone before any case starts one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,28 @@ from typing import Iterator
 
 import pytest
 from servers import NodeExporter, PostgresServer, RedisServer, ServerProcess, aged
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, once, before the workers start
+        remove_faketime_leftovers()
+
+
+def remove_faketime_leftovers(shm: str = "/dev/shm") -> None:
+    """The semaphores and shared memory of libfaketime's wrappers whose process is gone."""
+    try:
+        names = os.listdir(shm)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(("faketime_shm_", "sem.faketime_sem_")):
+            continue
+        pid = name.rpartition("_")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(shm, name))
+            except OSError:
+                pass  # another user's, or gone already
 
 
 @pytest.hookimpl(tryfirst=True)

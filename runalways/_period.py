@@ -40,9 +40,11 @@ UNKNOWN = "unknown"
 
 class Run:
     """The last period that ran: its tick and length, the host, pid and start of its run, and
-    how that run ended (``ended``, the epoch of its end, is None until it reported one)."""
+    how that run ended (``ended``, the epoch of its end, is None until it reported one).
+    ``forgot``: the start did not run, finding that the server had forgotten whether the
+    period ran (RUNALWAYS_ONCE_PER_UNKNOWN=skip); its record keeps the period's later starts out."""
 
-    __slots__ = ("ended", "host", "period", "pid", "started", "status", "tick")
+    __slots__ = ("ended", "forgot", "host", "period", "pid", "started", "status", "tick")
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Run:
         started: float,
         status: int | None = None,
         ended: float | None = None,
+        forgot: bool = False,
     ) -> None:
         self.tick = tick
         self.period = period
@@ -63,6 +66,7 @@ class Run:
         #: could not tell the status (docs/monitoring.md, "How the end is known").
         self.status = status
         self.ended = ended
+        self.forgot = forgot
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
@@ -76,6 +80,7 @@ class Run:
             "started": self.started,
             "status": self.status,
             "ended": self.ended,
+            "forgot": self.forgot,
         }
 
     @classmethod
@@ -92,13 +97,14 @@ class Run:
                 float(fields["started"]),
                 None if status is None else int(status),
                 None if ended is None else float(ended),
+                fields.get("forgot") is True,
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
     def finished(self, status: int | None, ended: float) -> Run:
         """This run, ended at ``ended`` with ``status``."""
-        return Run(self.tick, self.period, self.host, self.pid, self.started, status, ended)
+        return Run(self.tick, self.period, self.host, self.pid, self.started, status, ended, self.forgot)
 
     def describe(self) -> str:
         """Where and when it ran, and how it ended, as far as the record knows: asked by a start
@@ -107,6 +113,8 @@ class Run:
         return f"at {when} on {self.host}, pid {self.pid}, {self.outcome()}"
 
     def outcome(self) -> str:
+        if self.forgot:
+            return "which did not run: the server had forgotten whether the period ran"
         if self.ended is None:
             return "which ended without a report (killed, or still running elsewhere)"
         if self.status is None:
@@ -159,11 +167,10 @@ def check(backend: Backend, period: float, run_unknown: bool) -> Skip | Run:
     if last is not None and last.period == period and last.tick >= current:
         return Skip(DONE, last)
     unknown = last is None and backend.forgot_within(since_start)
-    run = Run(current, period, socket.gethostname(), os.getpid(), now)
+    forgot = unknown and not run_unknown
+    run = Run(current, period, socket.gethostname(), os.getpid(), now, forgot=forgot)
     backend.record_run(run)
-    if unknown and not run_unknown:
-        return Skip(UNKNOWN, None)
-    return run
+    return Skip(UNKNOWN, None) if forgot else run
 
 
 def finish(backend: Backend, run: Run, status: int | None) -> None:

@@ -103,6 +103,18 @@ def fcntl_procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 @pytest.fixture
+def exit_releasing_procs(tmp_path: Path, redis_settings: dict[str, str]) -> Iterator[Procs]:
+    """Processes for a case about a lock given back by an ``atexit`` handler rather than by the
+    process's end: the redis backend's (a postgres lock goes with its connection, a file lock
+    with the process)."""
+    started = Procs("redis", tmp_path, redis_settings)
+    try:
+        yield started
+    finally:
+        started.reap()
+
+
+@pytest.fixture
 def shared_dir() -> Iterator[Path]:
     with directory_others_can_read() as path:
         yield path

@@ -95,14 +95,15 @@ _TAKEN = (
 _PERIODS_TABLE = (
     "CREATE TABLE IF NOT EXISTS runalways_periods (job text PRIMARY KEY, tick bigint NOT NULL,"
     " period double precision NOT NULL, host text NOT NULL, pid integer NOT NULL, started double precision NOT NULL,"
-    " status integer, ended double precision)"
+    " status integer, ended double precision, forgot boolean NOT NULL DEFAULT false)"
 )
-_LAST_RUN = "SELECT tick, period, host, pid, started, status, ended FROM runalways_periods WHERE job = %s"
+_LAST_RUN = "SELECT tick, period, host, pid, started, status, ended, forgot FROM runalways_periods WHERE job = %s"
 _RECORD_RUN = (
-    "INSERT INTO runalways_periods (job, tick, period, host, pid, started, status, ended)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO runalways_periods (job, tick, period, host, pid, started, status, ended, forgot)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (job) DO UPDATE SET tick = excluded.tick, period = excluded.period, host = excluded.host,"
-    " pid = excluded.pid, started = excluded.started, status = excluded.status, ended = excluded.ended"
+    " pid = excluded.pid, started = excluded.started, status = excluded.status, ended = excluded.ended,"
+    " forgot = excluded.forgot"
 )
 #: application_name: "runalways <pid> <epoch granted or -> <host>"; the host goes last
 #: because the server cuts the name at 63 bytes.
@@ -363,6 +364,7 @@ class PostgresBackend(LeaseBackend):
             float(row[4]),
             None if row[5] is None else int(row[5]),
             None if row[6] is None else float(row[6]),
+            bool(row[7]),
         )
 
     def record_run(self, run: Run) -> None:
@@ -371,7 +373,7 @@ class PostgresBackend(LeaseBackend):
         conn = self._conn
         if conn is None:
             raise LockFailed(f"the lock {self.lock_name!r} is not held: the record of its period is not written")
-        values = (self._job(), run.tick, run.period, run.host, run.pid, run.started, run.status, run.ended)
+        values = (self._job(), run.tick, run.period, run.host, run.pid, run.started, run.status, run.ended, run.forgot)
         try:
             try:
                 conn.execute(_RECORD_RUN, values)

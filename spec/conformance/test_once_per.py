@@ -275,7 +275,8 @@ def test_a_server_that_forgot_cannot_say_whether_the_period_ran(tmp_path: Path, 
                 assert outcome.returncode == 1 and "may have run in this period" in outcome.stderr, outcome
                 assert outcome.stderr.count("\n") == 1, outcome
                 # Said once: the record of the period is written, the next start is a plain skip ...
-                assert_done(fleet.start("host-c", at(noon, 12)), "host-b")
+                forgot = "which did not run: the server had forgotten whether the period ran"
+                assert_done(fleet.start("host-c", at(noon, 12)), "host-b", forgot)
                 expected = ["host-z", "host-a"]
             else:
                 assert_ran(outcome)

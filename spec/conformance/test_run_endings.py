@@ -75,9 +75,9 @@ def test_a_killed_job_and_a_forked_child_write_no_exit_line(procs: Procs) -> Non
 
 
 @pytest.mark.clause("R17.5")
-def test_the_exit_line_is_written_before_the_lease_is_given_back(procs: Procs) -> None:
-    if not getattr(get_class(procs.backend), "release_at_exit", False):
-        pytest.skip(f"the {procs.backend} backend gives its lock back after the process, not from an atexit handler")
+def test_the_exit_line_is_written_before_the_lease_is_given_back(exit_releasing_procs: Procs) -> None:
+    procs = exit_releasing_procs
+    assert getattr(get_class(procs.backend), "release_at_exit", False), "a lock given back at exit is this case"
     log = procs.workdir / "job.log"
     # The job marks the release in the same record, asking the server who holds the lock then.
     body = f"""
