@@ -56,9 +56,18 @@ def test_another_user_who_can_read_the_script_can_hold_its_lock(
 
 ROUNDS = 10
 
+#: Backends whose every start imports a client library (psycopg, redis-py; portalocker imports
+#: redis-py when it is installed): a copy costs ten times the CPU of a kernel-lock start, and ten
+#: rounds of 32 of them took a quarter of a core's share of the suite. Their exclusion is the
+#: server's (or the same kernel lock's), raced by as many copies in each round; the chaos soak
+#: races them for minutes.
+HEAVY_STARTS = {"postgres": 5, "redis": 5, "portalocker": 5}
+
 
 @pytest.mark.clause("R10.1")
 def test_stampede_runs_exactly_one_body_per_round(procs: Procs, observe: Observe) -> None:
-    bodies = stampede(procs, procs.env({"RUNALWAYS_SILENT": "1"}), ROUNDS)
-    observe(f"{STAMPEDE_COPIES} copies at once, {ROUNDS} rounds", f"bodies per round: {sorted(set(bodies))}")
-    assert bodies == [1] * ROUNDS
+    rounds = HEAVY_STARTS.get(procs.backend, ROUNDS)
+    bodies = stampede(procs, procs.env({"RUNALWAYS_SILENT": "1"}), rounds)
+    seen = f"bodies per round: {sorted(set(bodies))} ({rounds} rounds)"
+    observe(f"{STAMPEDE_COPIES} copies at once, round after round", seen)
+    assert bodies == [1] * rounds
