@@ -245,31 +245,14 @@ def _replace(path: str, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``.
 
     The temporary file's name does not end in ``.prom``: the collector never reads it. Its
-    name is fixed, as only the holder of the companion lock writes it.
+    name is fixed, as only the holder of the companion lock writes it. Readable by all: the
+    collector runs as another user (prometheus), and the file says nothing that a process
+    listing does not.
     """
+    from runalways._replacing import replace_file
+
     folder, base = os.path.split(path)
-    temporary = os.path.join(folder, f".{base}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            # The collector runs as another user (prometheus): a umask of 077 would hide the
-            # file from it. It says nothing that a process listing does not.
-            os.fchmod(descriptor, 0o644)
-            data = text.encode("utf-8")
-            while data:
-                data = data[os.write(descriptor, data) :]
-            # On disk before the rename: after a crash, the old file or the new one, never
-            # an empty one in its place (counters would start again from 0).
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.rename(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    replace_file(path, text.encode("utf-8"), os.path.join(folder, f".{base}.tmp"), 0o644)
 
 
 def last_outcome(directory: str, target: Target) -> dict[str, object]:

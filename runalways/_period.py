@@ -215,27 +215,12 @@ def write_file(key: str, run: Run) -> None:
     path = _file_for(key)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        _write_replacing(temporary, path, run)
+        from runalways._replacing import replace_file
+
+        _remove_leftovers(path)
+        replace_file(path, run.to_json().encode(), temporary, 0o600)
     except OSError as error:
         raise _failure("write", path, error) from None
-
-
-def _write_replacing(temporary: str, path: str, run: Run) -> None:
-    _remove_leftovers(path)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.write(descriptor, run.to_json().encode())
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 def _remove_leftovers(path: str) -> None:

@@ -152,12 +152,22 @@ def test_a_run_without_a_name_is_labelled_with_its_command(fcntl_procs: Procs, n
 
 
 @pytest.mark.clause("R17.1")
-@pytest.mark.parametrize("name", ["new\nline", 'quo"te\\back', "caf\udce9 (not UTF-8)", "x" * 300])
+@pytest.mark.parametrize("name", ['quo"te\\back', "x" * 300])
 def test_a_job_of_any_name_is_served(fcntl_procs: Procs, node_exporter: NodeExporter, name: str) -> None:
     name = f"metrics {name}"
     outcome = fcntl_procs.run([*RUNALWAYS, "run", "--name", name, "--", "true"], env=metrics_env(node_exporter))
     assert (outcome.returncode, outcome.stderr) == (0, ""), outcome
-    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a label is UTF-8
+    assert scraped(node_exporter, name)["runs_total"] == 1
+
+
+@pytest.mark.clause("R17.1")
+@pytest.mark.parametrize("name", ["new\nline", "caf\udce9 (not UTF-8)"])
+def test_a_script_of_any_file_name_is_served(fcntl_procs: Procs, node_exporter: NodeExporter, name: str) -> None:
+    # A lock name is one line of text (R18), but a script's file name may hold any byte but / and NUL.
+    script = fcntl_procs.script(f"metrics {name}.py", "print('body')\n")
+    outcome = fcntl_procs.run_python(script, env={**metrics_env(node_exporter), "RUNALWAYS_SILENT": "1"})
+    assert (outcome.returncode, outcome.stdout) == (0, "body\n"), outcome
+    shown = script.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a label is UTF-8
     assert scraped(node_exporter, shown)["runs_total"] == 1
 
 
