@@ -12,7 +12,6 @@ warning line on stderr, and the job goes on.
 
 from __future__ import annotations
 
-import calendar
 import os
 import time
 
@@ -136,6 +135,10 @@ def summary(path: str, lock: str) -> dict[str, object]:
 
 def _epoch(stamp: str | None) -> int | None:
     """``2026-11-29T10:00:00Z`` in epoch seconds."""
+    # Imported here: calendar loads locale and re, some milliseconds that every start with
+    # RUNALWAYS_LOG paid for a function only runalways status calls.
+    import calendar
+
     try:
         return None if stamp is None else calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
