@@ -95,7 +95,7 @@ def test_the_table_fits_a_narrow_terminal_and_never_breaks_a_phrase() -> None:
 def test_completion_sees_every_command_and_option_of_the_parser() -> None:
     parser = build_parser()
     seen = {command.name: command for command in completion.commands(parser)}
-    assert set(seen) == {"", "run", "status", "list", "backends", "completion"}
+    assert set(seen) == {"", "run", "status", "list", "backends", "completion", "doctor"}
     assert {"--version", "-V"} <= set(seen[""].option_words())
     run_options = {option: value for strings, value, *_ in seen["run"].options for option in strings}
     assert run_options["--backend"] == names() and run_options["--lock"] == completion.FILES

@@ -6,6 +6,7 @@
     runalways status [--json] [--stale-after DURATION] [--backend NAME] (SCRIPT | --lock PATH | --name NAME)
     runalways list [--json] [--stale-after DURATION]
     runalways backends [--json]
+    runalways doctor [--json] [--backend NAME]... [SCRIPT | --lock PATH | --name NAME]
     runalways completion (bash | zsh)
     runalways --version
 
@@ -64,6 +65,10 @@ def _command(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> 
     if arguments.command == "list":
         return status.list_locks(arguments)
     # Loaded only when asked for: `run` and `status` are what cron and monitors start.
+    if arguments.command == "doctor":
+        from runalways.cli.doctor import doctor
+
+        return doctor(arguments)
     if arguments.command == "completion":
         from runalways.cli.completion import script
 

@@ -59,6 +59,12 @@ EXIT_STATUSES = {
     "list": [("0", "the list was printed (it may be empty)"), _USAGE_ERROR, _READER_GONE],
     "backends": [("0", "the list was printed"), _USAGE_ERROR, _READER_GONE],
     "completion": [("0", "the script was printed"), _USAGE_ERROR, _READER_GONE],
+    "doctor": [
+        ("0", "every check passed, or found only warnings"),
+        ("1", "a finding means the guard cannot be trusted there (a second process took the lock, ...)"),
+        _USAGE_ERROR,
+        _READER_GONE,
+    ],
 }
 
 #: The reference documentation, which ``runalways --help`` points to (a test checks both ways).
@@ -68,7 +74,7 @@ DOCS = (
     ("docs/monitoring.md", "the record of every run: log, metrics, ping; how a run's end is known"),
     ("docs/backends.md", "what each backend's lock survives, and which to choose"),
     ("docs/cluster.md", "one copy across many hosts: postgres and redis"),
-    ("docs/command-line.md", "run, status, list, backends, completion, exit statuses"),
+    ("docs/command-line.md", "run, status, list, backends, doctor, completion, exit statuses"),
     ("docs/sub-commands.md", "one lock per sub-command: names with the job's arguments"),
     ("docs/api.md", "runalways.api: guard(), lock(), heartbeat(), token()"),
     ("docs/traps.md", "the traps other guards fall into"),
@@ -183,6 +189,27 @@ def build_parser() -> OneLineParser:
         "List every backend: whether it works here, how it locks, and what its lock survives.",
     )
     backends.add_argument("--json", action="store_true", help="print the declared capabilities as JSON, for scripts")
+
+    doctor = _add_command(
+        commands,
+        "doctor",
+        "check that the job's lock really excludes a second process here",
+        "Check, for the lock a job would use, that a second process is really refused it (with each "
+        "--backend given, or the configured one), the file system under the lock file and its mount "
+        "options, whether flock and POSIX locks interlock there, the owners and modes of the lock "
+        "directory and the script, and for a cluster backend its server. Never disturbs a running job. "
+        "One line a finding: ok, warning, or problem (with what to do).",
+    )
+    doctor.add_argument("script", nargs="?", metavar="SCRIPT", help="the guarded script")
+    doctor.add_argument("--json", action="store_true", help="a JSON list of findings, for scripts")
+    doctor.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        dest="backend",
+        help="check this backend (repeatable; default: the configured one)",
+    )
+    _add_target(doctor, "status")
 
     completion = _add_command(
         commands,

@@ -216,7 +216,7 @@ def _spec_exit_statuses() -> dict[str, set[str]]:
 @pytest.mark.clause("R11.9")
 def test_every_exit_status_is_in_the_spec_table_and_in_help(fcntl_procs: Procs) -> None:
     table = _spec_exit_statuses()
-    assert set(table) == {"run", "status", "list", "backends", "completion"}
+    assert set(table) == {"run", "status", "list", "backends", "completion", "doctor"}
     for command, statuses in table.items():
         help_text = fcntl_procs.run([*RUNALWAYS, command, "--help"]).stdout
         section = help_text.split("exit status:\n", 1)[1]
@@ -241,7 +241,7 @@ def test_bash_completion_completes_commands_options_and_backends(fcntl_procs: Pr
     program = 'source <("$@" completion bash) && complete -p runalways'
     registered = fcntl_procs.run(["bash", "-c", program, "bash", *RUNALWAYS])
     assert registered.stdout == "complete -F _runalways runalways\n", registered
-    assert _bash_candidates(fcntl_procs, [""]) == ["backends", "completion", "list", "run", "status"]
+    assert _bash_candidates(fcntl_procs, [""]) == ["backends", "completion", "doctor", "list", "run", "status"]
     assert _bash_candidates(fcntl_procs, ["st"]) == ["status"]
     assert _bash_candidates(fcntl_procs, ["-"]) == ["--help", "--version", "-V", "-h"]
     assert _bash_candidates(fcntl_procs, ["run", "--ba"]) == ["--backend"]
@@ -295,7 +295,7 @@ def _zsh_candidates(procs: Procs, line: str) -> list[str]:
 
 @pytest.mark.clause("R11.10")
 def test_zsh_completion_completes_commands_options_and_backends(fcntl_procs: Procs) -> None:
-    assert _zsh_candidates(fcntl_procs, "runalways ") == ["backends", "completion", "list", "run", "status"]
+    assert _zsh_candidates(fcntl_procs, "runalways ") == ["backends", "completion", "doctor", "list", "run", "status"]
     assert _zsh_candidates(fcntl_procs, "runalways st") == ["status"]
     assert _zsh_candidates(fcntl_procs, "runalways -") == ["--help", "--version", "-V", "-h"]
     assert _zsh_candidates(fcntl_procs, "runalways run --ba") == ["--backend"]
