@@ -5,7 +5,8 @@
 # cases run against a held lock file), faketime (the fault cases step the wall clock back
 # with it), Prometheus's node exporter (the metrics cases scrape the files runalways
 # writes with its textfile collector), and fuse3 with its headers and a C compiler (the doctor
-# cases build and mount a FUSE file system of their own, tests/lockfs.c).
+# cases build and mount a FUSE file system of their own, tests/lockfs.c, and an ext4 one with
+# mkfs.ext4 on a loop device).
 set -eu
 missing=""
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
@@ -18,6 +19,7 @@ command -v fusermount3 >/dev/null 2>&1 || missing="$missing fuse3"
 dpkg -s libfuse3-dev >/dev/null 2>&1 || missing="$missing libfuse3-dev"
 command -v gcc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+command -v mkfs.ext4 >/dev/null 2>&1 || missing="$missing e2fsprogs"
 if [ -n "$missing" ]; then
     apt-get update
     # shellcheck disable=SC2086 # one word a package
