@@ -150,13 +150,15 @@ def build_parser() -> OneLineParser:
         commands,
         "run",
         "run COMMAND unless another copy of it holds the lock",
-        "Run COMMAND holding a lock. If another copy holds it, one of four policies "
-        "(RUNALWAYS_POLICY, or the option typed): the default (always) exits 0 at once, without a word; "
-        "--alone exits 1 with 'A copy of ... is already running'; --queue waits as the one pending "
-        "follow-up run and runs once the copy ends (a start that finds a follow-up already waiting "
-        "is merged into it and exits 0); --replace stops the running copy (SIGTERM to its process group, "
-        "SIGKILL after --kill-after) and runs in its place. "
-        "The default lock is the resolved command and its arguments.",
+        "Run COMMAND holding a lock. The default lock is the resolved command and its arguments.\n\n"
+        "When another copy holds the lock, the policy (the option typed, else RUNALWAYS_POLICY):\n"
+        "  always     (the default) exit 0 at once, without a word\n"
+        "  --alone    exit 1: A copy of 'COMMAND' is already running (<holder>)\n"
+        "  --queue    wait as the one pending run, then run, exit status the command's;\n"
+        "             a start that finds one already waiting is merged into it: exit 0, no word\n"
+        "  --replace  stop the running copy (SIGTERM to its process group, SIGKILL after\n"
+        "             --kill-after), wait for the lock, run; a line says so. A copy of another\n"
+        "             user or on another host: one line, exit 2",
     )
     policies = run.add_mutually_exclusive_group()
     policies.add_argument("--alone", action="store_true", help="exit 1 with a message when another copy runs")
