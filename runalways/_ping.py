@@ -160,7 +160,8 @@ def _request(url: str, event: str, backend: Backend, fields: dict[str, object], 
             f"is it hung? ({me} did not run)",
         )
     if event == "kill":
-        return _Ping(url, "/log", None, f"killed a stale holder of '{display}': {_holder(fields)}; {me} runs anew")
+        killed = "the running copy" if fields.get("reason") == "replace" else "a stale holder"
+        return _Ping(url, "/log", None, f"killed {killed} of '{display}': {_holder(fields)}; {me} runs anew")
     if event == "deadline":
         return _Ping(
             url,
@@ -178,6 +179,8 @@ def _why_skipped(fields: dict[str, object]) -> str:
         return f"this period's run is done (pid {fields.get('ran_pid')} on {fields.get('ran_host')})"
     if reason == "unknown":
         return "the server restarted since the period began: whether its run is done cannot be known"
+    if reason == "queued":
+        return f"merged into the run that waits for the copy holding the lock: {_holder(fields)}"
     return f"another copy holds the lock: {_holder(fields)}"
 
 

@@ -1,11 +1,18 @@
 """The one module that decides what happens: continue, exit 0, exit 1, wait, or fail.
 
-Two policies, after the Perl modules runalways ports:
+Four policies: two after the Perl modules runalways ports, two after the schedulers
+operators know (Windows Task Scheduler's Queue and StopExisting, Kubernetes's Replace,
+GitHub Actions' concurrency groups, run-one's run-this-one):
 
 * **always** (Sys::RunAlways): another copy holds the lock, so this one exits 0 without
   a word: cron starts the script every minute and one copy is always running.
 * **alone** (Sys::RunAlone): another copy holds the lock, so this one says
   ``A copy of '<script>' is already running`` and exits 1.
+* **queue**: this start becomes the one pending run and waits for the running copy to end,
+  or, when a pending run already waits, is merged into it and exits 0 (:func:`_queued`).
+* **replace**: this start stops the running copy and takes its place (``runalways._stale``).
+
+RUNALWAYS_POLICY chooses among them, over the policy of the face (the import line).
 
 Taking the lock prints ``'<script>' has been started at <epoch>`` unless silent. Any
 error (a bad setting, no script file, a lock that fails for another reason than
@@ -46,6 +53,10 @@ if TYPE_CHECKING:
 
 ALWAYS = "always"
 ALONE = "alone"
+QUEUE = "queue"
+REPLACE = "replace"
+#: What the pending lock of a job is called, before the job's own lock key (RUNALWAYS_POLICY=queue).
+PENDING = "pending:"
 
 #: The locks this process took as a guard (import, ``api.guard()``, ``runalways run``),
 #: oldest first; kept referenced until the process ends. ``api.held()`` shows them.
@@ -150,12 +161,14 @@ def skipped(chosen: Settings, display: str) -> bool:
 class Refused:
     """Another copy holds the lock: what :func:`take` found instead of taking it."""
 
-    __slots__ = ("backend", "earlier")
+    __slots__ = ("backend", "earlier", "reason")
 
-    def __init__(self, backend: "Backend", earlier: "Holder | None") -> None:
+    def __init__(self, backend: "Backend", earlier: "Holder | None", reason: str = "held") -> None:
         self.backend = backend
         #: A copy that runalways 0.1 started, holding the lock in its old place.
         self.earlier = earlier
+        #: The skip's reason in the records: ``held``, or ``queued`` (merged into the pending run).
+        self.reason = reason
 
     def holder(self) -> "Holder | None":
         """Who holds it, as far as the mechanism can tell: asked only when it is to be said."""
@@ -184,8 +197,10 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
     (the import guard, ``api.guard()``); ``runalways run`` reports its command's with :func:`ended`.
     """
     outcome = take(target, chosen)
+    if isinstance(outcome, Refused) and outcome.earlier is None and policy in (QUEUE, REPLACE):
+        outcome = _queued(outcome, chosen) if policy == QUEUE else _replaced(outcome, chosen)
     if isinstance(outcome, Refused):
-        record(chosen, "skip", outcome.backend, reason="held")
+        record(chosen, "skip", outcome.backend, reason=outcome.reason)
         if policy == ALONE and not chosen.silent:
             # Say who holds it: "already running" alone leaves an operator guessing
             # whether a job hangs, or whether another user squats its lock.
@@ -219,6 +234,41 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
 
         beat([backend], rate_limited=False)
     return backend
+
+
+def _queued(refused: Refused, chosen: Settings) -> "Backend | Refused":
+    """RUNALWAYS_POLICY=queue, the lock held: become the one pending run and wait, or be merged.
+
+    A second lock, the job's pending lock (same backend, named :data:`PENDING` + the job's
+    lock key), marks the one start that waits. Taken: wait for the job's lock (in the kernel
+    for the local backends), and give the pending lock back once the job's lock is ours and
+    before the run begins, so that a start arriving later becomes the next pending run and
+    one arriving earlier was merged into a run that had not begun: no request is lost, no
+    two runs overlap, no two wait. Held by another start: that start's run is still to
+    come and covers this request, so this one is a skip (``queued``). A waiter killed while
+    it waits loses its pending lock with its process (a lease: when it expires).
+    """
+    from runalways._values import Target
+
+    backend = refused.backend
+    key = backend.lock_key()
+    pending = chosen.backend(Target(None, display=backend.target.display, name=PENDING + key), chosen)
+    if not pending.try_acquire():
+        return Refused(backend, None, "queued")
+    try:
+        # The copy may have ended between the two tries: the lock is taken at once then.
+        taken = backend.acquire(None)
+    finally:
+        pending.release()
+    return backend if taken else refused
+
+
+def _replaced(refused: Refused, chosen: Settings) -> "Backend | Refused":
+    """RUNALWAYS_POLICY=replace, the lock held: stop the copy that holds it and take its place
+    (``runalways._stale.replace``); Refused when another start replaced it at the same moment."""
+    from runalways._stale import replace
+
+    return refused.backend if replace(refused.backend, chosen) else refused
 
 
 def _once_per_period(policy: str, target: "Target", chosen: Settings, backend: "Backend", until_exit: bool) -> None:
@@ -318,7 +368,7 @@ def guard_import(policy: str, module: str, frame: "FrameType", reader: "Reader")
     try:
         chosen = choose(os.environ)
         if not skipped(chosen, sys.argv[0] if sys.argv else ""):
-            enforce(policy, script_target(main_globals, chosen), chosen)
+            enforce(chosen.policy or policy, script_target(main_globals, chosen), chosen)
             arm_deadline(chosen)
     except Exception as error:
         # runalways.errors is loaded only when something went wrong: every import of

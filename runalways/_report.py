@@ -12,10 +12,12 @@ The events and their fields:
 * ``start``: a run began, the lock taken. ``run_id`` (a random UUID, which pairs the
   run's start with its end in every record) and ``started`` (epoch seconds).
 * ``skip``: a start did not run. ``reason``: ``held`` (another copy holds the lock),
-  ``done`` or ``unknown`` (the period's run, RUNALWAYS_ONCE_PER); for ``held``, who
+  ``queued`` (RUNALWAYS_POLICY=queue: merged into the run that waits), ``done`` or
+  ``unknown`` (the period's run, RUNALWAYS_ONCE_PER); for ``held`` and ``queued``, who
   holds it: ``holder_pid``, ``holder_host``, ``holder_age`` (seconds, or absent).
 * ``stale`` and ``kill``: a holder held the lock too long (RUNALWAYS_STALE_AFTER), was
-  reported, or killed.
+  reported, or killed; a ``kill`` with ``reason=replace`` stopped the copy that ran
+  (RUNALWAYS_POLICY=replace).
 * ``deadline``: RUNALWAYS_TIMEOUT ended the command.
 * ``exit``: the run ended. ``run_id``, ``status`` (the exit status: 0 for a normal end,
   n for ``sys.exit(n)``, 1 for an uncaught exception; absent when it cannot be known, as

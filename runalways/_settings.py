@@ -351,6 +351,17 @@ SETTINGS: "Tuple[Setting, ...]" = (
         commands=("run",),
     ),
     Setting(
+        attribute="policy",
+        variable="RUNALWAYS_POLICY",
+        parse=choice("always", "alone", "queue", "replace"),
+        default=None,
+        allowed="`always`, `alone`, `queue`, `replace` (default: the import line's)",
+        about="what a start does when another copy holds the lock: exit 0 (`always`), exit 1 with a message "
+        "(`alone`), wait as the one pending follow-up run (`queue`), or stop the running copy and take its place "
+        "(`replace`); see [Four policies](docs/command-line.md#four-policies)",
+        keyword="policy",
+    ),
+    Setting(
         attribute="skip",
         variable="RUNALWAYS_SKIP",
         parse=parse_skip,
@@ -425,12 +436,13 @@ SETTINGS: "Tuple[Setting, ...]" = (
         parse=parse_seconds,
         default=10.0,
         allowed="a duration (default `10`)",
-        about="from SIGTERM to SIGKILL, at a deadline and for a stale holder killed",
+        about="from SIGTERM to SIGKILL, at a deadline, for a stale holder killed and for a copy replaced "
+        "(`RUNALWAYS_POLICY=replace`)",
         keyword="kill_grace",
         option=(
             "--kill-after",
             "DURATION",
-            "SIGKILL this long after the deadline's SIGTERM (default RUNALWAYS_KILL_GRACE, else 10 s)",
+            "SIGKILL this long after the SIGTERM of a deadline or --replace (default RUNALWAYS_KILL_GRACE, else 10 s)",
         ),
         commands=("run",),
     ),
@@ -647,6 +659,8 @@ class Settings:
         timeout: "float | None"
         silent: bool
         skip: int
+        #: None: the face's own policy (the import line's, guard()'s, the command's).
+        policy: "str | None"
         conflict_exit: "int | None"
         lock: "str | None"
         identity: str
@@ -762,10 +776,20 @@ def _check_together(environ: "Mapping[str, str]", chosen: Settings) -> None:
             "RUNALWAYS_ON_STALE and RUNALWAYS_STALE_EXIT say what to do with a stale holder, "
             "but no limit says when one is stale: set RUNALWAYS_STALE_AFTER (such as 2h) too"
         )
-    if _given(environ, "RUNALWAYS_KILL_GRACE") and chosen.deadline is None and chosen.on_stale != "kill":
+    kills = chosen.deadline is not None or chosen.on_stale == "kill" or chosen.policy == "replace"
+    if _given(environ, "RUNALWAYS_KILL_GRACE") and not kills:
         raise _invalid(
             "RUNALWAYS_KILL_GRACE is the time from SIGTERM to SIGKILL, but nothing here sends SIGTERM: "
-            "set RUNALWAYS_TIMEOUT, or RUNALWAYS_STALE_AFTER with RUNALWAYS_ON_STALE=kill, too"
+            "set RUNALWAYS_TIMEOUT, RUNALWAYS_POLICY=replace, or RUNALWAYS_STALE_AFTER with "
+            "RUNALWAYS_ON_STALE=kill, too"
+        )
+    if chosen.policy == "queue" and chosen.timeout != 0:
+        # A start that waited for the lock would not be the one pending run: a burst of such
+        # starts would become a burst of runs, one after another.
+        raise _invalid(
+            "RUNALWAYS_POLICY=queue waits for the running copy itself, as the one pending run; a wait "
+            "for the lock (RUNALWAYS_RETRY, retry=, wait=, --retry, --wait) would queue every start: "
+            "unset one of them"
         )
     _check_name(chosen)
 

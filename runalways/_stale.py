@@ -1,4 +1,6 @@
-"""Stale holders: a lock held for longer than RUNALWAYS_STALE_AFTER is an alarm, never silence.
+"""Stale holders, and the copy a replacing start stops: killing the process a lock names.
+
+A lock held for longer than RUNALWAYS_STALE_AFTER is an alarm, never silence.
 
 The always policy's weakness is a holder that hangs: every later start exits 0, for
 ever. With a limit, a start that finds the lock held longer (counted from the holder's
@@ -9,7 +11,8 @@ ran): with RUNALWAYS_ON_STALE=kill the start signals the holder's process group,
 until the holder is dead and the lock itself is free, and only then takes it. It never
 deletes anything, and it never kills a holder of another user or on another host.
 
-Loaded only when a start with RUNALWAYS_STALE_AFTER finds the lock held.
+RUNALWAYS_POLICY=replace (:func:`replace`) stops the holder by the same mechanics, whatever
+its age. Loaded only when a start with RUNALWAYS_STALE_AFTER or that policy finds the lock held.
 """
 
 from __future__ import annotations
@@ -69,6 +72,39 @@ def take_over(backend: Backend, chosen: Settings) -> bool:
     hint = "" if refusal == "reported" else f" ({refusal})"
     say(f"runalways: {about}: is it hung?{hint}")
     raise SystemExit(chosen.stale_exit)
+
+
+def replace(backend: Backend, chosen: Settings) -> bool:
+    """RUNALWAYS_POLICY=replace: the lock is held; stop its holder and take the lock (True).
+
+    The holder is the process the lock names (its pid and start time), signalled as a stale
+    holder is: SIGTERM to its process group, SIGKILL after RUNALWAYS_KILL_GRACE, then the
+    lock itself is waited for, never deleted. False when another start took the lock first
+    (it replaced the same holder at the same moment): exactly one of them runs. A holder
+    this start must not signal (on another host, of another user, pid unknown) is one line
+    and exit 2: replacing was asked for, and silence would leave the old copy running.
+    """
+    holder = backend.holder()
+    if holder is None:  # ended between the try and the look, or a mechanism that cannot tell
+        if backend.try_acquire():
+            return True
+        holder = backend.holder() or Holder()
+    display = backend.target.display
+    refusal = _cannot_kill(holder)
+    if refusal is None:
+        outcome = _kill(backend, holder, chosen.kill_grace)
+        if outcome is True:
+            details: dict[str, object] = {"holder_pid": holder.pid, "holder_host": holder.host, "reason": "replace"}
+            _reported(chosen, "kill", backend, details)
+            if not chosen.silent:
+                say(f"runalways: '{display}' replaced the copy that ran ({holder.describe()})")
+            return True
+        if outcome is False:
+            return False
+        refusal = outcome
+    from runalways._messages import fail
+
+    fail(f"cannot replace the copy of '{display}' that holds the lock ({holder.describe()}): {refusal}")
 
 
 def _cannot_kill(holder: Holder) -> str | None:

@@ -105,10 +105,12 @@ def guard(
     ping: str | None = None,
     ping_on_skip: str | None = None,
 ) -> Backend | None:
-    """Apply ``policy`` ("always" or "alone") now; return the backend holding the lock.
+    """Apply ``policy`` now; return the backend holding the lock.
 
     Another copy holds it: exit 0 ("always") or print ``A copy of '<script>' is already
-    running (<holder>)`` and exit 1 ("alone"), or exit ``conflict_exit``. Returns None
+    running (<holder>)`` and exit 1 ("alone"), or exit ``conflict_exit``; "queue" waits as the
+    one pending run (or exits 0, merged into the one that waits), "replace" stops the copy
+    that holds it and runs. RUNALWAYS_POLICY, when set, wins over ``policy``. Returns None
     when RUNALWAYS_SKIP says to skip. Calling it again for a lock this process holds
     returns the same backend. ``identity`` ("inode" or "path") and ``fork`` ("inherit"
     or "close") are RUNALWAYS_IDENTITY and RUNALWAYS_FORK. ``timeout`` (RUNALWAYS_TIMEOUT,
@@ -122,10 +124,9 @@ def guard(
     ``ping`` (RUNALWAYS_PING, a URL) and ``ping_on_skip`` ("log", "fail" or "none") report
     every start, skip and end of the job (docs/monitoring.md).
     """
-    if policy not in (_policy.ALWAYS, _policy.ALONE):
-        raise SettingError(f"policy={policy!r} is not a policy; use 'always' or 'alone'")
     chosen = _policy.choose(
         os.environ,
+        policy=policy,
         backend=backend,
         silent=silent,
         retry=retry,
@@ -148,7 +149,7 @@ def guard(
             return holding
     if _policy.skipped(chosen, wanted.display):
         return None
-    taken = _policy.enforce(policy, wanted, chosen)
+    taken = _policy.enforce(chosen.policy or _policy.ALWAYS, wanted, chosen)
     _policy.arm_deadline(chosen)
     return taken
 

@@ -83,11 +83,19 @@ def test_a_deadline_keyword_of_0_is_refused() -> None:
 
 
 def test_the_keywords_of_the_api_are_those_of_the_settings_table() -> None:
-    # A setting the table gives a keyword is a keyword of guard(); lock() takes those of the
-    # wait and the backend. The other parameters choose the policy and the lock, not a setting.
+    # A setting the table gives a keyword is a keyword of guard() (policy, RUNALWAYS_POLICY, too);
+    # lock() takes those of the wait and the backend. path and name choose the lock, not a setting.
     keywords = {setting.keyword for setting in SETTINGS if setting.keyword is not None}
-    assert set(inspect.signature(api.guard).parameters) - {"policy", "path", "name"} == keywords
+    assert set(inspect.signature(api.guard).parameters) - {"path", "name"} == keywords
     assert set(inspect.signature(api.lock).parameters) - {"path", "name"} <= keywords
+
+
+def test_the_policy_of_the_environment_wins_over_the_code_s_and_a_typed_one_over_both() -> None:
+    assert _policy.choose({"RUNALWAYS_POLICY": "Queue"}, policy="alone").policy == "queue"
+    assert _policy.choose({}, policy="replace").policy == "replace"
+    assert _policy.choose({}).policy is None  # the face's own
+    typed = _policy.choose({"RUNALWAYS_POLICY": "queue"}, environment_wins=False, policy="alone")
+    assert typed.policy == "alone"
 
 
 def test_a_kill_grace_keyword_needs_a_deadline_or_a_kill_to_mean_something() -> None:

@@ -1,6 +1,6 @@
 """The ``runalways`` command: guard any command, show who holds a lock, list backends.
 
-    runalways run [--alone] [--wait S | --retry N[,S]] [--silent] [--backend NAME]
+    runalways run [--alone | --queue | --replace] [--wait S | --retry N[,S]] [--silent] [--backend NAME]
                   [--timeout DURATION [--kill-after DURATION]] [--stale-after DURATION]
                   [--lock PATH | --name NAME] -- COMMAND [ARGS...]
     runalways status [--json] [--stale-after DURATION] [--backend NAME] (SCRIPT | --lock PATH | --name NAME)

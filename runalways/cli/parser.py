@@ -42,7 +42,11 @@ _READER_GONE = (str(READER_GONE), "the reader of the output went away (| head), 
 EXIT_STATUSES = {
     "run": [
         ("N", "the command's own status; 128+N when signal N killed it"),
-        ("0", "another copy holds the lock (1 with --alone, N with --conflict-exit-code N)"),
+        (
+            "0",
+            "another copy holds the lock (1 with --alone, N with --conflict-exit-code N); with --queue, a "
+            "follow-up run already waits",
+        ),
         (str(STALE), "another copy holds the lock and is stale (--stale-after; RUNALWAYS_STALE_EXIT)"),
         (str(TIMED_OUT), "the deadline passed (--timeout): the command was stopped"),
         _USAGE_ERROR,
@@ -152,10 +156,28 @@ def build_parser() -> OneLineParser:
         commands,
         "run",
         "run COMMAND unless another copy of it holds the lock",
-        "Run COMMAND holding a lock; if another copy holds it, exit 0 (1 with --alone) at once. "
-        "The default lock is the resolved command and its arguments.",
+        "Run COMMAND holding a lock. The default lock is the resolved command and its arguments.\n\n"
+        "When another copy holds the lock, the policy (the option typed, else RUNALWAYS_POLICY):\n"
+        "  always     (the default) exit 0 at once, without a word\n"
+        "  --alone    exit 1: A copy of 'COMMAND' is already running (<holder>)\n"
+        "  --queue    wait as the one pending run, then run, exit status the command's;\n"
+        "             a start that finds one already waiting is merged into it: exit 0, no word\n"
+        "  --replace  stop the running copy (SIGTERM to its process group, SIGKILL after\n"
+        "             --kill-after), wait for the lock, run; a line says so. A copy of another\n"
+        "             user or on another host: one line, exit 2",
     )
-    run.add_argument("--alone", action="store_true", help="exit 1 with a message when another copy runs")
+    policies = run.add_mutually_exclusive_group()
+    policies.add_argument("--alone", action="store_true", help="exit 1 with a message when another copy runs")
+    policies.add_argument(
+        "--queue",
+        action="store_true",
+        help="wait as the one pending run, then run; exit 0 if a pending run already waits",
+    )
+    policies.add_argument(
+        "--replace",
+        action="store_true",
+        help="stop the running copy (SIGTERM, SIGKILL after --kill-after) and run in its place",
+    )
     _add_settings(run, "run")
     _add_target(run, "run")
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")

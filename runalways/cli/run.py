@@ -34,9 +34,12 @@ def run(arguments: argparse.Namespace) -> int:
     if not command:
         raise SettingError("no command to run; usage: runalways run [OPTIONS] -- COMMAND [ARGS...]")
     executable = _program(command[0])
-    chosen = _policy.choose(os.environ, environment_wins=False, **given_settings(arguments, "run"))
-    if arguments.kill_grace is not None and chosen.deadline is None and chosen.on_stale != "kill":
-        raise SettingError("--kill-after is the grace after a deadline's SIGTERM: give --timeout too")
+    typed = _policy.ALONE if arguments.alone else _policy.QUEUE if arguments.queue else None
+    typed = _policy.REPLACE if arguments.replace else typed
+    chosen = _policy.choose(os.environ, environment_wins=False, policy=typed, **given_settings(arguments, "run"))
+    kills = chosen.deadline is not None or chosen.on_stale == "kill" or chosen.policy == _policy.REPLACE
+    if arguments.kill_grace is not None and not kills:
+        raise SettingError("--kill-after is the grace after a deadline's SIGTERM: give --timeout (or --replace) too")
     display = shlex.join(command)
     named = _policy.named_target(
         chosen,
@@ -56,7 +59,7 @@ def run(arguments: argparse.Namespace) -> int:
         # spelt: "./job.sh" and "/srv/job.sh" share a lock (run-one keys on the string).
         identity = "\0".join([os.path.realpath(executable), *command[1:]])
         target = Target(None, display=display, name=identity)
-    policy = _policy.ALONE if arguments.alone else _policy.ALWAYS
+    policy = chosen.policy or _policy.ALWAYS
     holding = None if _policy.skipped(chosen, display) else _policy.enforce(policy, target, chosen, until_exit=False)
     status, output = _supervise([executable, *command[1:]], command[0], holding, chosen)
     if holding is not None:
