@@ -74,6 +74,10 @@ def take_over(backend: Backend, chosen: Settings) -> bool:
     raise SystemExit(chosen.stale_exit)
 
 
+#: How long a replacing start looks for the holder of a lock it found held by no known process.
+_HOLDER_UNKNOWN_FOR = 1.0
+
+
 def replace(backend: Backend, chosen: Settings) -> bool:
     """RUNALWAYS_POLICY=replace: the lock is held; stop its holder and take the lock (True).
 
@@ -85,10 +89,25 @@ def replace(backend: Backend, chosen: Settings) -> bool:
     and exit 2: replacing was asked for, and silence would leave the old copy running.
     """
     holder = backend.holder()
-    if holder is None:  # ended between the try and the look, or a mechanism that cannot tell
-        if backend.try_acquire():
+    if holder is None:
+        # Ended between the try and the look; or a start that has just taken the lock and
+        # has not yet said who it is (another replacing start): look again, briefly.
+        found: list[Holder] = []
+        taken: list[bool] = []
+
+        def taken_or_known() -> bool:
+            if backend.try_acquire():
+                taken.append(True)
+                return True
+            now = backend.holder()
+            if now is not None:
+                found.append(now)
+            return bool(found)
+
+        poll_until(taken_or_known, _HOLDER_UNKNOWN_FOR, first=0.005, longest=0.05)
+        if taken:
             return True
-        holder = backend.holder() or Holder()
+        holder = found[0] if found else Holder()
     display = backend.target.display
     refusal = _cannot_kill(holder)
     if refusal is None:
@@ -115,6 +134,11 @@ def _cannot_kill(holder: Holder) -> str | None:
         return "on another host: never killed from here"
     try:
         owner = os.stat(f"/proc/{holder.pid}").st_uid
+    except FileNotFoundError:
+        # Gone since the lock named it: another start killed it (two replacing starts, two
+        # starts finding it stale), or it ended. Nothing is signalled (:func:`_kill` checks
+        # its pid and start time first); the lock is waited for, and one start takes it.
+        return None
     except OSError:
         return "cannot see the process: not killed"
     if owner != os.getuid():

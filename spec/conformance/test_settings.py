@@ -65,7 +65,9 @@ def test_bad_setting_is_one_line_and_exit_2(procs: Procs, variable: str, value: 
 
 @pytest.mark.clause("R3.2")
 @pytest.mark.parametrize("value", ["0", "false", "No", "off", ""])
-def test_not_silent_values_keep_the_start_line(procs: Procs, value: str) -> None:
+def test_not_silent_values_keep_the_start_line(fcntl_procs: Procs, value: str) -> None:
+    # The setting's reading and the start line are the policy's, whatever the backend.
+    procs = fcntl_procs
     job = procs.script("job.py", "print('body')\n")
     outcome = procs.run_python(job, env={"RUNALWAYS_SILENT": value})
     assert outcome.returncode == 0 and outcome.stderr.startswith(f"'{job}' has been started at ")
