@@ -58,10 +58,10 @@ ROUNDS = 10
 
 #: Backends whose every start imports a client library (psycopg, redis-py; portalocker imports
 #: redis-py when it is installed): a copy costs ten times the CPU of a kernel-lock start, and ten
-#: rounds of 32 of them took a quarter of a core's share of the suite. Their exclusion is the
+#: rounds of 32 of them took a third of a core's share of the suite. Their exclusion is the
 #: server's (or the same kernel lock's), raced by as many copies in each round; the chaos soak
 #: races them for minutes.
-HEAVY_STARTS = {"postgres": 5, "redis": 5, "portalocker": 5}
+HEAVY_STARTS = {"postgres": 3, "redis": 3, "portalocker": 3}
 
 
 @pytest.mark.clause("R10.1")
