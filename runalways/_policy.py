@@ -257,7 +257,16 @@ def _queued(refused: Refused, chosen: Settings) -> "Backend | Refused":
         return Refused(backend, None, "queued")
     try:
         # The copy may have ended between the two tries: the lock is taken at once then.
-        taken = backend.acquire(None)
+        if chosen.stale_after is None:
+            taken = backend.acquire(None)
+        else:
+            # A hung holder would keep the pending run waiting for ever, and every later start
+            # merged into it, without a word: look at the holder as a start does, now and then
+            # (reported: the process exits, its pending lock with it; killed: the lock is ours).
+            step = min(max(chosen.stale_after / 10, 1.0), 60.0)
+            taken = False
+            while not taken:
+                taken = backend.acquire(step) or _stale_taken_over(backend, chosen)
     finally:
         pending.release()
     return backend if taken else refused

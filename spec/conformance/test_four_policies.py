@@ -129,6 +129,25 @@ def test_a_pending_start_killed_while_it_waits_leaves_the_place_to_the_next(loca
     assert assert_one_after_another(record) == [holder.pid, successor.pid]
 
 
+@pytest.mark.clause("R19.3")
+def test_a_pending_start_reports_a_holder_that_hangs_rather_than_wait_for_ever(fcntl_procs: Procs) -> None:
+    procs = fcntl_procs
+    job = procs.script("job.py", RUN)
+    record = procs.workdir / "runs"
+    queue = {**QUEUE, "RUNALWAYS_STALE_AFTER": "2"}
+    holder = procs.hold(job, record, env=QUEUE)
+    pending = procs.python(job, record, env=queue)  # young holder: it waits as the pending run ...
+    assert pending.wait(timeout=30) == 4  # ... until the holder is older than the limit
+    outcome = finish(pending)
+    assert "is it hung?" in outcome.stderr and outcome.stderr.count("\n") == 1, outcome
+    assert holder.poll() is None  # reported, not killed
+    successor = procs.python(job, record, env=QUEUE)  # the pending place is free again
+    assert finish(holder).returncode == 0
+    wait_for_line(successor, "ready")
+    assert finish(successor).returncode == 0
+    assert assert_one_after_another(record) == [holder.pid, successor.pid]
+
+
 @pytest.mark.clause("R19.4")
 def test_a_merged_start_is_on_the_record_as_queued(fcntl_procs: Procs) -> None:
     procs = fcntl_procs
