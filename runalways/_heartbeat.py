@@ -44,6 +44,20 @@ def _file_for_key(key: str) -> str:
     return companion_file(key, "heartbeat", ".beat")
 
 
+def prepare(backend: Backend) -> None:
+    """Find (and make) the place of ``backend``'s heartbeat before a wait for its lock: the
+    start the holder's exit wakes then only writes the file (the hand-over's last steps:
+    the lock directory, the machine id and the password database are looked up before)."""
+    try:
+        if id(backend) not in _files:
+            _files[id(backend)] = file_for(backend)
+    except Exception as error:  # said by the beat itself, once the lock is held
+        from runalways.errors import RunAlwaysError
+
+        if not isinstance(error, (OSError, RunAlwaysError)):
+            raise
+
+
 def beat(locks: list[Backend], *, rate_limited: bool = True) -> None:
     """Mark progress for every lock this process holds, or for the lock of the ``runalways run`` around it."""
     global _next_beat

@@ -183,11 +183,22 @@ def take(target: "Target", chosen: Settings, *, stale: bool = True) -> "Backend 
     no process to end, leaves that to the guard.
     """
     backend = chosen.backend(target, chosen)
-    taken = backend.take(chosen.timeout) or (stale and _stale_taken_over(backend, chosen))
+    taken = backend.take(chosen.timeout, lambda: _ready_to_hold(backend)) or (
+        stale and _stale_taken_over(backend, chosen)
+    )
     earlier = earlier_copy(backend) if taken else None
     if not taken or earlier is not None:
         return Refused(backend, earlier)
     return backend
+
+
+def _ready_to_hold(backend: "Backend") -> None:
+    """Before a wait for the lock: what a start that got it after a wait does, as far as it can
+    be done now (its heartbeat's file found), so that the holder's exit wakes a start that is
+    at its body in a few system calls."""
+    from runalways._heartbeat import prepare
+
+    prepare(backend)
 
 
 def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool = True) -> "Backend":
@@ -197,8 +208,13 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
     (the import guard, ``api.guard()``); ``runalways run`` reports its command's with :func:`ended`.
     """
     outcome = take(target, chosen)
+    # Taken after a wait or a kill, perhaps long after this process started: a heartbeat
+    # once it holds the lock, or a start checking for stale holders would count this
+    # holder's age from its process start and could take it for a hung one.
+    beats = chosen.stale_after is not None or chosen.timeout != 0
     if isinstance(outcome, Refused) and outcome.earlier is None and policy in (QUEUE, REPLACE):
         outcome = _queued(outcome, chosen) if policy == QUEUE else _replaced(outcome, chosen)
+        beats = True
     if isinstance(outcome, Refused):
         record(chosen, "skip", outcome.backend, reason=outcome.reason)
         if policy == ALONE and not chosen.silent:
@@ -226,10 +242,7 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
         _runs[backend] = run = _report.begin(chosen, backend)
         if until_exit:
             _report.at_process_end(chosen, backend, run)
-    if chosen.stale_after is not None or chosen.timeout != 0:
-        # Taken after a wait or a kill, perhaps long after this process started: a
-        # heartbeat now, or a start checking for stale holders would count this holder's
-        # age from its process start and could take it for a hung one.
+    if beats:
         from runalways._heartbeat import beat
 
         beat([backend], rate_limited=False)
@@ -256,6 +269,7 @@ def _queued(refused: Refused, chosen: Settings) -> "Backend | Refused":
     if not pending.try_acquire():
         return Refused(backend, None, "queued")
     try:
+        _ready_to_hold(backend)
         # The copy may have ended between the two tries: the lock is taken at once then.
         if chosen.stale_after is None:
             taken = backend.acquire(None)

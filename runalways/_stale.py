@@ -89,10 +89,12 @@ def replace(backend: Backend, chosen: Settings) -> bool:
     and exit 2: replacing was asked for, and silence would leave the old copy running.
     """
     holder = backend.holder()
-    if holder is None:
-        # Ended between the try and the look; or a start that has just taken the lock and
-        # has not yet said who it is (another replacing start): look again, briefly.
-        found: list[Holder] = []
+    if holder is None or holder.pid is None:
+        # Ended between the try and the look; or the lock is still held by a process that is
+        # being torn down (killed by another replacing start: an OFD lock is then listed with
+        # no descriptor left to name its owner); or a start has just taken it and has not yet
+        # said who it is: look again, briefly.
+        found: list[Holder] = [] if holder is None else [holder]
         taken: list[bool] = []
 
         def taken_or_known() -> bool:
@@ -102,12 +104,12 @@ def replace(backend: Backend, chosen: Settings) -> bool:
             now = backend.holder()
             if now is not None:
                 found.append(now)
-            return bool(found)
+            return now is not None and now.pid is not None
 
         poll_until(taken_or_known, _HOLDER_UNKNOWN_FOR, first=0.005, longest=0.05)
         if taken:
             return True
-        holder = found[0] if found else Holder()
+        holder = found[-1] if found else Holder()
     display = backend.target.display
     refusal = _cannot_kill(holder)
     if refusal is None:

@@ -23,7 +23,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import ClassVar
+    from typing import Callable, ClassVar
 
     from runalways._period import Run
     from runalways._settings import Settings
@@ -79,10 +79,18 @@ class Backend(abc.ABC):
     def holder(self) -> "Holder | None":
         """Who holds the lock now, or None if nobody does. Never takes the lock."""
 
-    def take(self, timeout: "float | None") -> bool:
-        """Try once without blocking, then wait up to ``timeout`` (0: do not wait)."""
+    def take(self, timeout: "float | None", before_waiting: "Callable[[], object] | None" = None) -> bool:
+        """Try once without blocking, then wait up to ``timeout`` (0: do not wait), calling
+        ``before_waiting`` first: what the caller would do once it holds the lock, done while
+        nobody waits for it."""
         # The first non-blocking try keeps the common case to one system call.
-        return self.try_acquire() or (timeout != 0 and self.acquire(timeout))
+        if self.try_acquire():
+            return True
+        if timeout == 0:
+            return False
+        if before_waiting is not None:
+            before_waiting()
+        return self.acquire(timeout)
 
     def lock_file(self) -> "str | None":
         """The file that holds the lock, for backends that lock one (status shows it)."""

@@ -7,7 +7,7 @@ import time
 from typing import Callable
 
 import pytest
-from harness import HOLD, Procs, assert_already_running, finish, read_line
+from harness import HOLD, Procs, assert_already_running, finish, read_line, wait_until
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> None:
@@ -152,3 +152,43 @@ def test_a_setting_of_another_backend_is_refused(procs: Procs) -> None:
     outcome = procs.run_python(job, env={foreign: "allow"})
     assert outcome.returncode == 2 and outcome.stdout == ""
     assert_one_line_error(outcome.stderr, f"{foreign} is not a runalways setting")
+
+
+#: A job that writes every audited import, open and lock call of its start to the file in
+#: WAITER_EVENTS as it happens (an audit hook: os.write on a descriptor opened before it, which
+#: is not itself audited), then ``body`` when its body begins.
+AUDITED_WAITER = """
+import os, sys
+out = os.open(os.environ["WAITER_EVENTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+def hook(event, args):
+    if event == "import":
+        os.write(out, f"import {args[0]}\\n".encode())
+    elif event == "open":
+        os.write(out, f"open {args[0]} {args[1]}\\n".encode())
+    elif event == "fcntl.flock":
+        os.write(out, f"flock {args[1]}\\n".encode())
+sys.addaudithook(hook)
+import runalways
+os.write(out, b"body\\n")
+"""
+
+
+@pytest.mark.clause("R3.8")
+def test_a_start_woken_from_its_wait_imports_and_opens_nothing_it_could_have_before(fcntl_procs: Procs) -> None:
+    import fcntl
+
+    procs = fcntl_procs
+    job = procs.script("job.py", AUDITED_WAITER, header="")
+    events = procs.workdir / "events"
+    with open(job) as held:  # this test holds the job's lock: flock on the script, as the fcntl backend takes it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = procs.python(job, env={"RUNALWAYS_RETRY": "600,1", "WAITER_EVENTS": str(events)})
+        blocking = f"flock {fcntl.LOCK_EX}"
+        wait_until(lambda: events.exists() and blocking in events.read_text().splitlines(), "the waiter to block")
+    assert finish(waiter).returncode == 0
+    seen = events.read_text().splitlines()
+    woken = len(seen) - seen[::-1].index(blocking)  # after its last blocking lock call
+    after = seen[woken : seen.index("body")]
+    assert not [event for event in after if event.startswith("import ")], after
+    opened = [event for event in after if event.startswith("open ")]
+    assert len(opened) <= 1 and all(".beat " in event for event in opened), after  # its heartbeat, once
