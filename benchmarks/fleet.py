@@ -90,7 +90,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from soak import FAIL_CLOSED
+import soak_job
 
 #: The line of a cluster copy that fences itself, its lock lost (a renewal that found it gone),
 #: and of one whose lock was lost before it could write the period's record (it does not run).
@@ -126,47 +126,18 @@ STOP_SHARE = 0.3
 WIND_DOWN = 30.0
 
 #: The guarded job. argv: the record file, how long the body runs, the tick it was started for.
-JOB = """import runalways
-import os
-import select
+#: Its records go by the monotonic clock: the wall clock is the one libfaketime fakes.
+JOB = soak_job.job(
+    "time.monotonic()",
+    """import select
 import socket
-import sys
-import time
 
-
-def ticks(pid):
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    return fields[0].decode(), fields[19].decode()
-
-
-def record(line):
-    descriptor = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(descriptor, (line + "\\n").encode())
-    os.close(descriptor)
-
-
-me = os.getpid()
-unfinished = {}
-with open(sys.argv[1]) as records:
-    for line in records:
-        words = line.split()
-        if words[1] == "start":
-            unfinished[words[2]] = words[3]
-        elif words[1] == "end":
-            unfinished.pop(words[2], None)
-for pid, started in unfinished.items():
-    try:
-        state, now = ticks(pid)
-    except (OSError, IndexError):
-        continue  # gone
-    if now == started and state not in ("Z", "X"):
-        record(f"{time.monotonic():.6f} overlap {me} {pid}")
 reading = int(time.time() // PERIOD_SECONDS)
 record(f"{time.monotonic():.6f} start {me} {ticks(me)[1]} {sys.argv[3]} {reading} {socket.gethostname()}")
 select.select([], [], [], float(sys.argv[2]))
 record(f"{time.monotonic():.6f} end {me} 0")
-""".replace("PERIOD_SECONDS", str(PERIOD_SECONDS))
+""".replace("PERIOD_SECONDS", str(PERIOD_SECONDS)),
+)
 
 
 def libfaketime() -> str:
@@ -598,7 +569,7 @@ def _how_it_ended(report: FleetReport, started: Start, accounted: bool) -> str:
     if status == 0 and accounted:
         return "ended"
     stderr = started.stderr.read_text(errors="replace")
-    closed = status == 2 and (FAIL_CLOSED.fullmatch(stderr) or LOST_BEFORE_RECORD.fullmatch(stderr))
+    closed = status == 2 and (soak_job.FAIL_CLOSED.fullmatch(stderr) or LOST_BEFORE_RECORD.fullmatch(stderr))
     if closed or (status == -signal.SIGKILL and FENCED.fullmatch(stderr)):
         report.fenced += 1
         return "killed"

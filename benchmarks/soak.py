@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -55,51 +54,18 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
+import soak_job
 import soak_section
 
 #: The guarded job. argv: the record file, how long the body runs.
-JOB = """import runalways
-import os
-import sys
-import time
-
-
-def ticks(pid):
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    return fields[0].decode(), fields[19].decode()
-
-
-def record(line):
-    descriptor = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(descriptor, (line + "\\n").encode())
-    os.close(descriptor)
-
-
-me = os.getpid()
-unfinished = {}
-with open(sys.argv[1]) as records:
-    for line in records:
-        words = line.split()
-        if words[1] == "start":
-            unfinished[words[2]] = words[3]
-        elif words[1] == "end":
-            unfinished.pop(words[2], None)
-for pid, started in unfinished.items():
-    try:
-        state, now = ticks(pid)
-    except (OSError, IndexError):
-        continue  # gone
-    if now == started and state not in ("Z", "X"):
-        record(f"{time.time():.6f} overlap {me} {pid}")
-record(f"{time.time():.6f} start {me} {ticks(me)[1]}")
+JOB = soak_job.job(
+    "time.time()",
+    """record(f"{time.time():.6f} start {me} {ticks(me)[1]}")
 time.sleep(float(sys.argv[2]))
 record(f"{time.time():.6f} end {me} 0")
-"""
+""",
+)
 
-#: The one line of a cluster copy that fails closed: the server could not be reached,
-#: or ended the session (a lease that ran out during a cut or a stop) while it took the lock.
-FAIL_CLOSED = re.compile(r"runalways: (cannot reach the \w+ server|\w+ failed on the lock) [^\n]*\n")
 #: Where the helpers that start the cluster backends' servers, and the proxy, live.
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 #: The share of the copies of a cluster backend whose body runs longer than the lease
@@ -236,7 +202,7 @@ def soak(
         )
         if interrupted and status == -signal.SIGKILL:
             report.fenced += 1
-        elif interrupted and status == 2 and FAIL_CLOSED.fullmatch(stderr):
+        elif interrupted and status == 2 and soak_job.FAIL_CLOSED.fullmatch(stderr):
             report.fail_closed += 1
         else:
             said = " | ".join(stderr.strip().splitlines()[-5:])
