@@ -236,7 +236,7 @@ def enforce(policy: str, target: "Target", chosen: Settings, *, until_exit: bool
         say(f"runalways: {backend.notice}")
     if not chosen.silent:
         say(f"'{target.display}' has been started at {int(time.time())}")
-    if chosen.log is not None or chosen.metrics is not None or chosen.ping is not None:
+    if chosen.recorded:
         from runalways import _report
 
         _runs[backend] = run = _report.begin(chosen, backend)
@@ -343,7 +343,7 @@ def _stale_taken_over(backend: "Backend", chosen: Settings) -> bool:
 def record(chosen: Settings, event: str, backend: "Backend", **fields: object) -> None:
     """One event of the job for the records the settings name (RUNALWAYS_LOG, RUNALWAYS_METRICS,
     RUNALWAYS_PING: ``runalways._report``); nothing, and nothing loaded, without them."""
-    if chosen.log is not None or chosen.metrics is not None or chosen.ping is not None:
+    if chosen.recorded:
         from runalways._report import report
 
         report(chosen, event, backend, fields)

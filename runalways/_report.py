@@ -41,11 +41,6 @@ if TYPE_CHECKING:
     from runalways.backends.base import Backend
 
 
-def wanted(chosen: Settings) -> bool:
-    """Whether any record is asked for: without one, a start reports nothing and loads nothing."""
-    return chosen.log is not None or chosen.metrics is not None or chosen.ping is not None
-
-
 class Run:
     """One run of the job, from taking the lock to the end: what pairs its start with its end."""
 

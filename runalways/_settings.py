@@ -690,6 +690,12 @@ class Settings:
         for name in self.__slots__[2:]:
             setattr(self, name, BY_ATTRIBUTE[name].default)
 
+    @property
+    def recorded(self) -> bool:
+        """Whether a record of the job's runs is asked for (RUNALWAYS_LOG, RUNALWAYS_METRICS,
+        RUNALWAYS_PING): without one, a start reports nothing and loads nothing for it."""
+        return self.log is not None or self.metrics is not None or self.ping is not None
+
 
 def resolve(
     environ: "Mapping[str, str]",

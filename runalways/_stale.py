@@ -213,7 +213,7 @@ def _dead(pid: int) -> bool:
 
 
 def _reported(chosen: Settings, event: str, backend: Backend, details: dict[str, object]) -> None:
-    from runalways._report import report, wanted
+    if chosen.recorded:
+        from runalways._report import report
 
-    if wanted(chosen):
         report(chosen, event, backend, details)
