@@ -46,6 +46,8 @@ class Guard:
     wait_env: dict[str, str] = field(default_factory=dict)
     #: A waiter sleeps in the kernel (/proc/locks shows it blocked) rather than polling.
     kernel_wait: bool = False
+    #: A waiter is woken by its server when the holder lets go (a cluster backend).
+    server_wait: bool = False
     #: How the guard waits, as its documentation says.
     wait_doc: str = ""
     #: Why this guard is not measured here (a backend unusable on this machine), or "".
@@ -171,8 +173,8 @@ def peers() -> list[Guard]:
 #: How the runalways backends that do not block in the kernel wait.
 WAITING = {
     "pidfile": "poll, back-off 1 ms doubling to 10 ms",
-    "postgres": "the server's blocking `pg_advisory_lock` under `lock_timeout`",
-    "redis": "poll the take script, back-off 1 ms doubling to 20 ms",
+    "postgres": "the server's queue: `pg_advisory_lock` under `lock_timeout`, the token in the same statement",
+    "redis": "the server: `BLPOP` on the lock's wake-up list, which the release pushes to",
 }
 
 
@@ -227,6 +229,7 @@ def runalways_guards(runalways_command: str) -> list[Guard]:
                 env=env,
                 wait_env={"RUNALWAYS_RETRY": f"{WAIT_SECONDS},1"},
                 kernel_wait=kernel,
+                server_wait=cluster,
                 wait_doc=WAITING.get(name, "kernel wake-up (blocking lock call)" if kernel else "the backend's own"),
                 skipped=reason,
                 lock_directory=backend.capabilities.identity == "path",

@@ -385,6 +385,9 @@ def stampede_round(ctx: Context, guard: g.Guard, ws: Workspace, path: Path, *, h
 @dataclass
 class Handover:
     guard: g.Guard
+    #: How the holder lets go: False, a release call right after its timestamp; True, by
+    #: ending (its interpreter's shutdown, and the guard's own exit work, come in between).
+    by_exit: bool = False
     #: Seconds from the holder's timestamp right before its release to the waiter's
     #: timestamp right after its acquire returned.
     latencies: list[float] = field(default_factory=list)
@@ -412,23 +415,27 @@ def handover(ctx: Context) -> list[Handover]:
     for guard in ctx.measured():
         if not guard.can_wait or guard.group == "control":
             continue
-        ctx.log(f"handover: {guard.key}")
-        results.append(handover_chain(ctx, guard))
+        # A command releases when its job has ended: it has the exit's figure only.
+        for by_exit in (True,) if guard.is_wrapper else (False, True):
+            ctx.log(f"handover: {guard.key}" + (" (released by exit)" if by_exit else ""))
+            results.append(handover_chain(ctx, guard, by_exit=by_exit))
     return results
 
 
-def handover_chain(ctx: Context, guard: g.Guard) -> Handover:
+def handover_chain(ctx: Context, guard: g.Guard, *, by_exit: bool = False) -> Handover:
     """A chain of copies: each waits for the one before it, then holds for the next.
 
     Copy k+1 is started while copy k holds the lock; once it waits (it said so, and a
     kernel waiter shows up blocked in /proc/locks), the harness sleeps a seeded random
     0.1-0.35 s, so that the release falls at a random point of a poller's cycle, then
-    tells copy k to release: k writes its timestamp and releases at once; k+1 writes its
-    own the moment its acquire returns.
+    tells copy k to release: k writes its timestamp and releases at once (``by_exit``:
+    ends, as a job does); k+1 writes its own the moment its acquire returns.
     """
-    result = Handover(guard)
-    ws = Workspace(ctx.root, f"handover-{guard.key}")
-    body = g.report("A") + "os.read(0, 1)\n" + g.report("R") + guard.release + "os._exit(0)\n"
+    result = Handover(guard, by_exit=by_exit)
+    ws = Workspace(ctx.root, f"handover-{guard.key}" + ("-exit" if by_exit else ""))
+    body = g.report("A") + "os.read(0, 1)\n" + g.report("R")
+    if not by_exit:
+        body += guard.release + "os._exit(0)\n"
     path = ws.write("job.py", g.script(guard, body, wait=True, waiting_tag="W"))
     argv = g.command(guard, ctx.python, path, wait=True)
     env = g.environment(guard, ws.env(ctx.base_env), wait=True)

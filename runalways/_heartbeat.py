@@ -1,8 +1,8 @@
 """Heartbeats: a holder marks progress where other starts can read it without the lock.
 
 One small file per lock in the private lock directory, named after the lock's key
-(``<name>-<hash>.beat``): its content is the pid of the holder that beats, its
-modification time the last beat. A start that finds the lock held counts the holder's
+(``<name>-<hash>.beat``): its content is the pid of the holder that beats (padded with
+spaces to one width), its modification time the last beat. A start that finds the lock held counts the holder's
 age from its last beat when the file names that holder and is newer than its start, so
 a file left by an earlier holder never makes a new one look fresh. The script itself is
 never written (it may be read-only), and the lock is never touched. The directory is
@@ -31,7 +31,13 @@ _next_beat = 0.0
 #: Heartbeat file -> the pid written in it (later beats only update its time).
 _written: dict[str, int] = {}
 _files: dict[int, str] = {}
+#: Heartbeat file -> a descriptor on it, opened before a wait for the lock (:func:`prepare`).
+_opened: dict[str, int] = {}
 _warned = False
+#: The width of a heartbeat's content: every holder's pid fills the same bytes, so that a
+#: new holder overwrites the last one's in place. Truncating the file instead frees its
+#: block, a journalled change on ext4 that cost a woken waiter 0.1-0.5 ms of its hand-over.
+WIDTH = 20
 
 
 def file_for(backend: Backend) -> str:
@@ -45,12 +51,16 @@ def _file_for_key(key: str) -> str:
 
 
 def prepare(backend: Backend) -> None:
-    """Find (and make) the place of ``backend``'s heartbeat before a wait for its lock: the
-    start the holder's exit wakes then only writes the file (the hand-over's last steps:
-    the lock directory, the machine id and the password database are looked up before)."""
+    """Open ``backend``'s heartbeat before a wait for its lock: the start the holder's exit
+    wakes then only writes to it (the hand-over's last steps: the lock directory, the
+    machine id, the password database and the path are looked up before). The content
+    is the holder's until then: it is opened, not written."""
     try:
         if id(backend) not in _files:
             _files[id(backend)] = file_for(backend)
+        path = _files[id(backend)]
+        if path not in _opened:
+            _opened[path] = _open(path)
     except Exception as error:  # said by the beat itself, once the lock is held
         from runalways.errors import RunAlwaysError
 
@@ -92,12 +102,29 @@ def _touch(path: str, pid: int) -> None:
             return
         except FileNotFoundError:
             pass
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    content = b"%-*d\n" % (WIDTH, pid)
+    descriptor = _opened.pop(path, None)
+    if descriptor is None:
+        descriptor = _open(path)
     try:
-        os.write(descriptor, f"{pid}\n".encode())
+        os.pwrite(descriptor, content, 0)
+        status = os.fstat(descriptor)
+        if status.st_nlink == 0:
+            # Opened before a wait, and removed since (a cleaner of the lock directory): a
+            # beat written there is read by nobody. Write it where it is looked for.
+            removed, descriptor = descriptor, _open(path)
+            os.close(removed)
+            os.pwrite(descriptor, content, 0)
+            status = os.fstat(descriptor)
+        if status.st_size > len(content):  # longer than any beat: not one, cut it
+            os.ftruncate(descriptor, len(content))
     finally:
         os.close(descriptor)
     _written[path] = pid
+
+
+def _open(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def _warn(why: str) -> None:

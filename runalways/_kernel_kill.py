@@ -149,16 +149,24 @@ class _PosixTimer:
 def _libc_with(symbol: str) -> ctypes.CDLL:
     """The C library that has ``symbol``: libc itself since glibc 2.34, librt before."""
     import ctypes
+
+    library = ctypes.CDLL(None, use_errno=True)
+    if hasattr(library, symbol):
+        return library
+    # Only then look for librt: find_library runs ldconfig (or a compiler) in a process of
+    # its own, milliseconds that every cluster start paid, and with few descriptors left
+    # it fails with an error that has nothing to do with the timer.
     import ctypes.util
 
-    candidates: list[str | None] = [None, ctypes.util.find_library("rt")]
-    for name in candidates:
+    found = ctypes.util.find_library("rt")
+    if found is not None:
         try:
-            library = ctypes.CDLL(name, use_errno=True)
+            library = ctypes.CDLL(found, use_errno=True)
         except OSError:
-            continue
-        if hasattr(library, symbol):
-            return library
+            pass
+        else:
+            if hasattr(library, symbol):
+                return library
     raise OSError(f"no C library here provides {symbol}")
 
 

@@ -38,7 +38,6 @@ was deleted anyway would let the next start create a new file and run beside its
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 
@@ -47,8 +46,21 @@ from runalways.errors import SettingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from hashlib import sha256
+
     from runalways._values import Holder
     from runalways.backends.base import Backend
+else:
+    # The interpreter's own SHA-256, not hashlib's: hashlib loads OpenSSL (and blake2),
+    # whose set-up and tear-down cost a start about 0.5 ms, at its exit too, where a
+    # copy waiting for the lock waits for it. Same digest; hashlib where it is missing.
+    try:
+        from _sha2 import sha256  # Python 3.12 and later
+    except ImportError:
+        try:
+            from _sha256 import sha256
+        except ImportError:  # an interpreter built without its own hashes
+            from hashlib import sha256
 
 #: The highest uid of a system account (systemd's SYSTEM_UID_MAX): logind's RemoveIPC
 #: spares these, and the account ``nobody``, whose files in /dev/shm it never empties.
@@ -242,12 +254,17 @@ def _ensure(path: str, what: str) -> str:
     return path
 
 
+def hex_digest(data: bytes) -> str:
+    """The SHA-256 of ``data``, in hexadecimal."""
+    return sha256(data).hexdigest()
+
+
 def file_name(key: str, readable: str | None = None, suffix: str = ".lock") -> str:
     """``<readable>-<hash of key><suffix>``: distinct keys never share a name.
 
     ``readable`` (default: the key) is what a person sees in the name.
     """
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    digest = hex_digest(key.encode("utf-8", "surrogateescape"))[:16]
     shown = "".join(c if c.isalnum() or c in "-_." else "_" for c in readable or key).strip("_.")[-48:]
     return f"{shown or 'lock'}-{digest}{suffix}"
 

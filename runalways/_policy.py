@@ -320,7 +320,8 @@ def earlier_copy(backend: "Backend") -> "Holder | None":
     """After ``backend`` took its lock: a copy of the job that runalways 0.1 started, holding
     the same lock file in 0.1's place (``_lockdir.earlier_holder``). The lock is then given
     back: that copy runs, so this one must not."""
-    if "runalways._lockdir" not in sys.modules:  # only a lock file in the lock directory loads it
+    # Only a lock file runalways names, in the lock directory, can have had another place.
+    if not backend.target.create or "runalways._lockdir" not in sys.modules:
         return None
     from runalways._lockdir import earlier_holder
 

@@ -30,7 +30,13 @@ def wait_for(block: "Callable[[], bool]", attempt: "Callable[[], bool]", timeout
         return block()
     if timeout <= 0:
         return attempt()
-    import signal
+    # The C module, not signal.py: its wrapper of signal() turns the handler it hands back
+    # into an enum, an exception raised and caught that cost a woken waiter 0.07 ms. It
+    # has no stubs; signal.py's are its own functions' (signal.py re-exports them).
+    if TYPE_CHECKING:
+        import signal
+    else:
+        import _signal as signal
 
     armed = [True]
 

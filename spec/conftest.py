@@ -46,6 +46,10 @@ def chosen_backends(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", chosen_backends(metafunc.config))
+    if "cluster_backend" in metafunc.fixturenames:
+        # A case about what a cluster backend's server does: the backends whose lock is on one.
+        cluster = [name for name in chosen_backends(metafunc.config) if get_class(name).capabilities.across_hosts]
+        metafunc.parametrize("cluster_backend", cluster)
     if "local_backend" in metafunc.fixturenames:
         # A case about what a backend keeps on this host: the backends whose lock is local.
         local = [name for name in chosen_backends(metafunc.config) if not get_class(name).capabilities.across_hosts]
@@ -86,6 +90,16 @@ def procs(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
 def local_procs(local_backend: str, tmp_path: Path) -> Iterator[Procs]:
     """Processes for a case about what a backend keeps on this host, run for each local backend."""
     started = Procs(local_backend, tmp_path)
+    try:
+        yield started
+    finally:
+        started.reap()
+
+
+@pytest.fixture
+def cluster_procs(cluster_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
+    """Processes for a case about a cluster backend's server, run for each cluster backend."""
+    started = Procs(cluster_backend, tmp_path, request.getfixturevalue(SERVER_SETTINGS[cluster_backend]))
     try:
         yield started
     finally:

@@ -129,11 +129,10 @@ class Redis(Engine):
         return f"redis://{login}127.0.0.1:{port}/0"
 
     def waiting(self, url: str, name: str) -> int:
-        # Redis keeps no queue of waiters: a waiter polls with the take script, so count
-        # the clients whose last command was a script, less the holder's (it renews with one).
+        # A waiter blocks on the lock's wake-up list (BLPOP) between its takes.
         with redis.Redis.from_url(url, socket_timeout=TIMEOUT) as client:
             clients = client.client_list()
-        return max(0, sum(entry.get("cmd") in ("eval", "evalsha") for entry in clients) - 1)
+        return sum(entry.get("cmd") == "blpop" for entry in clients)
 
 
 ENGINES = {engine.backend: engine for engine in (Postgres(), Redis())}

@@ -85,7 +85,6 @@ poll is a read of the pidfile and of /proc/PID/stat, never a write.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import time
 
@@ -199,7 +198,7 @@ class Seen:
         # The mtime and the inode tell apart two malformed files of equal content; the
         # token does it for ours. ctime would not do: link() and unlink() change it.
         identity = f"{path}\0{status.st_dev}\0{status.st_ino}\0{status.st_mtime_ns}\0".encode()
-        self.key = hashlib.sha256(identity + raw).hexdigest()
+        self.key = _lockdir.hex_digest(identity + raw)
 
 
 def read(path: str) -> Seen | None:

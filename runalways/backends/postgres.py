@@ -8,8 +8,14 @@ between hosts. Every host must use the same server and the same database (adviso
 are per database), and connect directly: a transaction-pooling proxy (PgBouncer in
 transaction or statement mode) hands the session, and with it the lock, to other clients.
 
+A start that waits sends one statement: ``pg_advisory_lock`` under ``lock_timeout``, and
+from its row the token (below). The server queues it and grants it the moment the holder
+lets go; the token is taken in the same moment, with no round trip between.
+
 How the lock ends, and why another host never runs alongside the holder:
 
+* The holder lets go (``release()``, or the interpreter's exit): ``pg_advisory_unlock``,
+  then the session ends. A waiter has the lock before the server has ended the session.
 * The holder process dies (even SIGKILL): the kernel closes its socket and the server
   ends the session, releasing the lock within milliseconds.
 * The holder's host dies, freezes, or loses the network: the session sets
@@ -84,13 +90,23 @@ _HOLDER = (
     " WHERE l.locktype = 'advisory' AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 2"
     " AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
-#: The token, the server's uptime and the holder's label, in one implicit transaction.
-#: The transactional WAL message makes the commit flush WAL synchronously, so the
-#: transaction id cannot be handed out again after a server crash.
+#: The token, the server's age, the holder's label ("runalways <pid> <epoch granted> <host>",
+#: its epoch the client's clock at sending plus the seconds the statement took) and those
+#: seconds, in one implicit transaction. The transactional WAL message makes the commit
+#: flush WAL synchronously, so the transaction id cannot be handed out again after a
+#: server crash.
 _TAKEN = (
-    "SELECT {xid}::text::bigint, extract(epoch FROM now() - pg_postmaster_start_time())::float8,"
-    " pg_logical_emit_message(true, 'runalways', %s) IS NOT NULL, set_config('application_name', %s, false)"
+    "SELECT {xid}::text::bigint, extract(epoch FROM clock_timestamp() - pg_postmaster_start_time())::float8,"
+    " pg_logical_emit_message(true, 'runalways', %s) IS NOT NULL,"
+    " set_config('application_name',"
+    " left(%s || floor(%s + extract(epoch FROM clock_timestamp() - statement_timestamp()))::bigint || %s, 63), false),"
+    " extract(epoch FROM clock_timestamp() - statement_timestamp())::float8"
 )
+#: The same, after a wait for the lock in the same statement: the server takes the token
+#: the moment it grants the lock, with no round trip between (on loopback, 1-3 ms
+#: measured, with the holder's session ending beside it). The wait comes first: the
+#: columns are computed from its row, and OFFSET 0 keeps the planner from merging the two.
+_WAITED = _TAKEN + " FROM (SELECT pg_advisory_lock(%s, %s) OFFSET 0) AS waited"
 #: RUNALWAYS_ONCE_PER: one row per job, the last period that ran, replaced by each run.
 _PERIODS_TABLE = (
     "CREATE TABLE IF NOT EXISTS runalways_periods (job text PRIMARY KEY, tick bigint NOT NULL,"
@@ -131,6 +147,9 @@ def lock_key(name: str) -> tuple[int, int]:
 class PostgresBackend(LeaseBackend):
     name = "postgres"
     engine = "PostgreSQL"
+    # Left to the process's end, the session (and the lock) would end only once the
+    # interpreter had torn psycopg down: 25 ms measured, which a waiting start waits for.
+    release_at_exit = True
     capabilities = Capabilities(
         identity="name",
         kept_by_fork_child=False,
@@ -152,7 +171,8 @@ class PostgresBackend(LeaseBackend):
         self.url = _checked_url(self.url)
         self.key = lock_key(self.lock_name)
         self._conn: Connection | None = None
-        #: The server's age when the lock was taken, in seconds.
+        #: The session holds the advisory lock: it is given back before the session ends.
+        self._locked = False
 
     # -- taking the lock ------------------------------------------------------------
 
@@ -169,13 +189,13 @@ class PostgresBackend(LeaseBackend):
         if not (row and row[0]):
             self._close()
             return False
-        return self._hold(conn)
+        self._locked = True
+        sent, parameters = self._taking()
+        return self._hold(conn, _TAKEN.format(xid=_xid(conn)), parameters, sent)
 
-    def acquire(self, timeout: float | None) -> bool:
+    def _wait(self, timeout: float | None) -> bool:
         """Wait on the server (pg_advisory_lock under lock_timeout): in the moment the holder lets go."""
-        if timeout is not None and timeout <= 0:
-            return self.try_acquire()
-        import psycopg
+        _keep_devnull()  # before the wait, as the timer: what taking the lock needs, made now
 
         # lock_timeout 0 means no limit; anything else is at least a millisecond. A
         # server-wide statement_timeout must not end the wait as an error.
@@ -183,17 +203,12 @@ class PostgresBackend(LeaseBackend):
         conn = self._open({"lock_timeout": limit, "statement_timeout": "0"})
         if conn is None:
             return True
+        sent, parameters = self._taking()
         try:
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", self.key)
-        except psycopg.errors.LockNotAvailable:
-            self._close()
-            return False
-        except psycopg.Error as error:
-            raise self._failure(error) from None
+            return self._hold(conn, _WAITED.format(xid=_xid(conn)), (*parameters, *self.key), sent)
         except BaseException:  # KeyboardInterrupt: psycopg cancelled the wait; drop the session
             self._close()
             raise
-        return self._hold(conn)
 
     def _open(self, settings: dict[str, str]) -> Connection | None:
         """A fresh session with the lease set on it; None to run unlocked (server unreachable)."""
@@ -270,25 +285,33 @@ class PostgresBackend(LeaseBackend):
             return LockFailed(self._describe(error, "the PostgreSQL server refused the connection"))
         return Unreachable(self._describe(error, "cannot reach the PostgreSQL server"))
 
-    def _hold(self, conn: Connection) -> bool:
-        """Take the token and the server's age, then hold the lease."""
-        import psycopg
-
-        _keep_devnull()
+    def _taking(self) -> tuple[float, tuple[object, ...]]:
+        """When the statement that takes the token is sent (on the fence's clock), and its parameters."""
         from runalways._kernel_kill import now
 
-        xid = "pg_current_xact_id()" if conn.info.server_version >= 130000 else "txid_current()"
-        label = f"runalways {os.getpid()} {int(time.time())} {socket.gethostname()}"[:63]
-        sent = now()
+        # The WAL message says which lock; text cannot hold the NULs of a `run` lock's name.
+        message = self.lock_name.replace("\0", " ")
+        return now(), (message, f"runalways {os.getpid()} ", time.time(), f" {socket.gethostname()}")
+
+    def _hold(self, conn: Connection, statement: str, parameters: tuple[object, ...], sent: float) -> bool:
+        """Run ``statement`` (_TAKEN's columns, the lock ours once it ends), sent at ``sent``,
+        then hold the lease, with the token and the server's age it gives."""
+        import psycopg
+
         try:
-            # The WAL message says which lock; text cannot hold the NULs of a `run` lock's name.
-            message = self.lock_name.replace("\0", " ")
-            row = conn.execute(_TAKEN.format(xid=xid), (message, label)).fetchone()
-        except psycopg.Error as error:
+            row = conn.execute(statement, parameters).fetchone()
+        except psycopg.errors.LockNotAvailable:  # a wait's lock_timeout: the time is up
+            self._close()
+            return False
+        except psycopg.Error as error:  # the session, and a lock it took, end (_failure)
             raise self._failure(error) from None
+        self._locked = True
+        _keep_devnull()
         assert row is not None
         self._uptime = float(row[1])
-        return self._lease_taken(int(row[0]), float(row[1]), sent)
+        # The server's lease began when the statement ended: no sooner than the time it
+        # spent in it (a wait included) after it was sent.
+        return self._lease_taken(int(row[0]), float(row[1]), sent + max(float(row[4]), 0.0))
 
     # -- keeping it ------------------------------------------------------------------
 
@@ -316,7 +339,14 @@ class PostgresBackend(LeaseBackend):
     def _abandon(self) -> None:
         self._conn = None
 
+    def _let_go(self) -> None:
+        conn = self._conn
+        if conn is not None and self._locked:
+            self._locked = False
+            _unlock(conn, self.key, min(1.0, self.ttl / BEATS_PER_TTL))
+
     def _close(self) -> None:
+        self._let_go()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -459,6 +489,43 @@ def _checked_url(url: str) -> str:
             "shown: it may hold a password); use postgresql://USER@HOST:PORT/DATABASE"
         ) from None
     return url
+
+
+def _xid(conn: Connection) -> str:
+    """The expression of a transaction id that grows for ever (not the 32-bit one that wraps)."""
+    return "pg_current_xact_id()" if conn.info.server_version >= 130000 else "txid_current()"
+
+
+def _unlock(conn: Connection, key: tuple[int, int], within: float) -> None:
+    """Give the advisory lock back before the session ends, so that a waiter has it at once.
+
+    Left to the session's end, the lock is freed only once the server process has ended
+    the session (2-3 ms on loopback, measured). The answer is awaited at most ``within``
+    seconds: a network gone dead does not hold the exit up, and the lock is then freed
+    when the session ends. Not awaited at all, the server would write the answer to a
+    closed socket, and log that.
+    """
+    import select
+
+    import psycopg
+
+    pgconn = conn.pgconn
+    try:
+        pgconn.send_query(b"SELECT pg_advisory_unlock(%d, %d)" % key)
+        if pgconn.flush() != 0:  # the socket takes no more now: a network in trouble
+            return
+        waiting = select.poll()
+        waiting.register(pgconn.socket, select.POLLIN)
+        deadline = time.monotonic() + within
+        while pgconn.is_busy():
+            left = deadline - time.monotonic()
+            if left <= 0 or not waiting.poll(left * 1000):
+                return
+            pgconn.consume_input()
+        while pgconn.get_result() is not None:
+            pass
+    except (psycopg.Error, OSError):
+        pass  # the session ends next, and the lock with it
 
 
 def _shut_down(conn: Connection) -> None:

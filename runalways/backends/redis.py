@@ -58,13 +58,14 @@ if TYPE_CHECKING:
 DEFAULT_URL = "redis://localhost:6379/0"
 
 #: KEYS: lock, token counter. ARGV: our value, TTL in ms, the value of a holder known
-#: to be dead (or ""). Returns {1, token} when taken, {0, the holder's value} when not.
+#: to be dead (or ""). Returns {1, token} when taken, {0, the holder's value, the
+#: milliseconds its lease has left} when not.
 _TAKE = """
 if ARGV[3] ~= '' and redis.call('GET', KEYS[1]) == ARGV[3] then
   redis.call('DEL', KEYS[1])
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, redis.call('GET', KEYS[1])}
+  return {0, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 end
 local clock = redis.call('TIME')
 local token = math.max((tonumber(redis.call('GET', KEYS[2])) or 0) + 1, clock[1] * 1000000 + clock[2])
@@ -79,12 +80,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-#: Compare-and-delete.
+#: Compare-and-delete, then wake a waiter: KEYS: lock, wake-up list; ARGV: our value, TTL in ms.
+#: The list keeps one element at most, for a lease at most: a release that nobody waited
+#: for wakes the next waiter once, needlessly. pcall: a user whose ACL forbids the list
+#: still releases (its waiters poll).
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+redis.pcall('LPUSH', KEYS[2], '1')
+redis.pcall('LTRIM', KEYS[2], 0, 0)
+redis.pcall('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 #: RUNALWAYS_ONCE_PER: replace the job's record of its last period, if the lock is still ours.
 _RECORD = """
@@ -99,7 +107,7 @@ _PEEK = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}"
 
 
 #: What an ACL user must be allowed: the scripts, the commands they run, and the checks.
-ACL_NEEDED = "+@scripting +get +set +del +pexpire +pttl +time +wait +config|get +info ~runalways:*"
+ACL_NEEDED = "+@scripting +get +set +del +pexpire +pttl +time +wait +lpush +ltrim +blpop +config|get +info ~runalways:*"
 #: How the server refuses a command a script runs, or a key, for the ACL.
 _ACL_WORDS = ("can't run this command", "No permissions to access")
 
@@ -110,6 +118,11 @@ def lock_keys(name: str) -> tuple[bytes, bytes]:
     return b"runalways:lock:{" + raw + b"}", b"runalways:token:{" + raw + b"}"
 
 
+def wake_key(name: str) -> bytes:
+    """The list a release pushes to, which a waiter blocks on (BLPOP), in the lock's slot."""
+    return b"runalways:wake:{" + name.encode("utf-8", "surrogateescape") + b"}"
+
+
 def period_key(name: str) -> bytes:
     """The key of the job's record of its last period (RUNALWAYS_ONCE_PER), in the lock's slot."""
     return b"runalways:period:{" + name.encode("utf-8", "surrogateescape") + b"}"
@@ -118,6 +131,10 @@ def period_key(name: str) -> bytes:
 #: A record outlives its period this many times over: long enough to keep the next start
 #: out, short enough that a job renamed or retired leaves no key for ever.
 RECORD_PERIODS = 3
+
+#: Seconds a waiter blocks at most between looks at a holder that runs on this host: one
+#: killed there pushes no wake-up, but its death is seen at the next look.
+LOCAL_HOLDER_CHECK = 0.02
 
 
 class RedisBackend(LeaseBackend):
@@ -146,6 +163,11 @@ class RedisBackend(LeaseBackend):
         assert settings is not None  # LeaseBackend refuses to start without them
         self.allow_eviction = settings.allow_eviction
         self.key, self.token_key = lock_keys(self.lock_name)
+        self.wake_key = wake_key(self.lock_name)
+        #: What the last attempt found: the holder's value and the milliseconds its lease had left.
+        self._found: tuple[bytes | None, int] = (None, -2)
+        #: BLPOP is refused (the ACL): wait by polling.
+        self._polling = False
         self._client: Client | None = None
         self._value = b""
         self._held = False
@@ -159,14 +181,51 @@ class RedisBackend(LeaseBackend):
             self._close()
         return taken
 
-    def acquire(self, timeout: float | None) -> bool:
-        """Poll (back-off up to 20 ms): Redis has no queue of waiters for a key."""
+    def _wait(self, timeout: float | None) -> bool:
+        """Block on the lock's wake-up list (BLPOP) between attempts: the holder's release
+        pushes to it, and wakes this start in the moment it lets go.
+
+        Redis keeps no queue of waiters for a key, and a holder that dies without releasing
+        pushes nothing: a block lasts at most until the holder's lease runs out, and while
+        the holder runs on this host, LOCAL_HOLDER_CHECK (its death is seen there at once).
+        Where the ACL forbids BLPOP, the start polls (back-off up to 20 ms).
+        """
+        import redis
+
         from runalways._waiting import poll_until
 
-        taken = poll_until(self._attempt, float("inf") if timeout is None else timeout, longest=0.02)
-        if not taken:
-            self._close()
-        return taken
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._attempt():
+            left = float("inf") if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                self._close()
+                return False
+            if self._polling:
+                taken = poll_until(self._attempt, left, longest=0.02)
+                if not taken:
+                    self._close()
+                return taken
+            client = self._client
+            if client is None:  # unreachable, RUNALWAYS_UNREACHABLE=run: _attempt said taken
+                return True
+            try:
+                client.blpop([self.wake_key], self._block_for(left))
+            except redis.exceptions.NoPermissionError:
+                self._polling = True
+            except redis.RedisError as error:
+                raise self._failure(error) from None
+        return True
+
+    def _block_for(self, left: float) -> float:
+        """Seconds a wait for the wake-up may last: until the holder's lease runs out, the time
+        is up, or the socket would time out (it times out at TTL/3); briefly for a holder here."""
+        value, lease_ms = self._found
+        longest = min(left, self.ttl / BEATS_PER_TTL / 2)
+        if lease_ms >= 0:
+            longest = min(longest, lease_ms / 1000 + 0.001)
+        if value is not None and _here(value):
+            longest = min(longest, LOCAL_HOLDER_CHECK)
+        return max(longest, 0.001)  # 0 would block for ever
 
     def _attempt(self) -> bool:
         import redis
@@ -181,7 +240,9 @@ class RedisBackend(LeaseBackend):
         for _ in range(2):  # a second try only after finding the holder dead on this host
             sent = now()
             try:
-                taken, found = client.eval(_TAKE, 2, self.key, self.token_key, self._value, self._ttl_ms(), dead)
+                taken, found, *lease_ms = client.eval(
+                    _TAKE, 2, self.key, self.token_key, self._value, self._ttl_ms(), dead
+                )
             except redis.RedisError as error:
                 raise self._failure(error) from None
             if taken:
@@ -193,6 +254,7 @@ class RedisBackend(LeaseBackend):
                         f"{self.lock_name!r} within {self.ttl / BEATS_PER_TTL:g} s; not running"
                     )
                 return self._lease_taken(int(found), self._uptime, sent)
+            self._found = (found, int(lease_ms[0]) if lease_ms else -2)
             if found is None or not _dead_here(found):
                 return False
             dead = found
@@ -315,19 +377,23 @@ class RedisBackend(LeaseBackend):
 
     # -- letting go ------------------------------------------------------------------
 
-    def _close(self) -> None:
+    def _let_go(self) -> None:
         import redis
 
-        client, self._client = self._client, None
-        if client is None:
+        client = self._client
+        if client is None or not self._held:
             return
-        if self._held:
-            self._held = False
-            try:
-                client.eval(_RELEASE, 1, self.key, self._value)
-            except redis.RedisError:
-                pass  # the key expires by itself within a TTL
-        client.close()
+        self._held = False
+        try:
+            client.eval(_RELEASE, 2, self.key, self.wake_key, self._value, self._ttl_ms())
+        except redis.RedisError:
+            pass  # the key expires by itself within a TTL
+
+    def _close(self) -> None:
+        self._let_go()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def _interrupt(self) -> None:
         if self._client is not None:
@@ -519,9 +585,7 @@ def _dead_here(value: bytes) -> bool:
     from runalways import _proc
 
     fields = _fields(value)
-    if fields is None or "-" in (fields["boot"], fields["namespace"], fields["ticks"], fields["command"]):
-        return False
-    if fields["boot"] != _proc.boot_id() or fields["namespace"] != _pid_namespace():
+    if fields is None or "-" in (fields["ticks"], fields["command"]) or not _here(value):
         return False
     pid = int(fields["pid"])
     status = _proc.process_status(pid)
@@ -529,6 +593,16 @@ def _dead_here(value: bytes) -> bool:
         return True
     command = _command_line(pid)
     return command is not None and command != fields["command"]
+
+
+def _here(value: bytes) -> bool:
+    """The holder runs (or ran) in this boot and pid namespace."""
+    from runalways import _proc
+
+    fields = _fields(value)
+    if fields is None or "-" in (fields["boot"], fields["namespace"]):
+        return False
+    return fields["boot"] == _proc.boot_id() and fields["namespace"] == _pid_namespace()
 
 
 def _command_line(pid: int) -> str | None:

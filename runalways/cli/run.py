@@ -130,6 +130,8 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None, chosen: Set
 
     for forwarded in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(forwarded, forward)
+    # Made before the try below: a failure here is runalways's, not the command's exec.
+    in_child = _in_child(die_with_parent() if holding is not None else None, chosen.deadline is not None)
     try:
         # The lock descriptor is close-on-exec: the command never holds the lock itself,
         # so a daemon it leaves behind cannot keep the next run out.
@@ -138,7 +140,7 @@ def _supervise(argv: list[str], shown: str, holding: Backend | None, chosen: Set
                 [shown, *argv[1:]],
                 executable=argv[0],
                 env=_command_environment(holding),
-                preexec_fn=_in_child(die_with_parent() if holding is not None else None, chosen.deadline is not None),
+                preexec_fn=in_child,
                 stdout=None if tee is None else tee.stdout,
                 stderr=None if tee is None else tee.stderr,
             )
