@@ -137,7 +137,7 @@ class LeaseBackend(Backend):
         if timeout is not None and timeout <= 0:
             return self.try_acquire()
         # What holding the lease needs is made before the wait, not once the lock is ours:
-        # the fence's timer (the first loads ctypes: 1.5 ms) and the heartbeat's thread
+        # the fence's timer (the first one loads ctypes) and the heartbeat's thread
         # (starting one waits until it runs: up to 3 ms on a busy machine), time that a
         # start woken by the holder's release would spend before its body. Until the
         # lease is taken the timer is disarmed and the thread waits: neither acts.
@@ -148,7 +148,9 @@ class LeaseBackend(Backend):
         try:
             taken = self._wait(timeout)
         finally:
-            if not taken:  # the time is up, or the wait failed
+            # The time is up, the wait failed, or the server is unreachable and the job
+            # runs without the lock (RUNALWAYS_UNREACHABLE=run): no lease to keep.
+            if not taken or self.unlocked is not None:
                 self._stop_heartbeat()
                 self._drop_timer()
         return taken

@@ -13,7 +13,9 @@ so nothing can come between a check and its write:
   lost the last writes;
 * renew, every TTL/3: extend the expiry only if the value is still ours; a renewal that
   finds another value, or no key, fences at once (``runalways.backends._lease``);
-* release, at exit (an interpreter exit releases it too): delete only if the value is ours.
+* release, at exit (an interpreter exit releases it too): delete only if the value is ours,
+  and push a wake-up to the lock's list (``runalways:wake:{NAME}``), on which a start that
+  waits blocks (``BLPOP``): it is woken the moment the holder lets go.
 
 Unlike a PostgreSQL session, a key does not vanish with the process that set it. A
 holder killed on *this* host (same boot id and pid namespace) is seen dead by the next
