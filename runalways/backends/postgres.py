@@ -10,7 +10,8 @@ transaction or statement mode) hands the session, and with it the lock, to other
 
 A start that waits sends one statement: ``pg_advisory_lock`` under ``lock_timeout``, and
 from its row the token (below). The server queues it and grants it the moment the holder
-lets go; the token is taken in the same moment, with no round trip between.
+lets go; the token is taken in the same moment, with no round trip between. The statement
+is sent again every TTL, so that its snapshot never holds the server's vacuum back long.
 
 How the lock ends, and why another host never runs alongside the holder:
 
@@ -191,21 +192,37 @@ class PostgresBackend(LeaseBackend):
             return False
         self._locked = True
         sent, parameters = self._taking()
-        return self._hold(conn, _TAKEN.format(xid=_xid(conn)), parameters, sent)
+        taken = self._run(conn, _TAKEN.format(xid=_xid(conn)), parameters)
+        assert taken is not None  # no lock to wait for in it: no lock_timeout to end it
+        return self._hold(taken, sent)
 
     def _wait(self, timeout: float | None) -> bool:
-        """Wait on the server (pg_advisory_lock under lock_timeout): in the moment the holder lets go."""
+        """Wait on the server (pg_advisory_lock under lock_timeout): in the moment the holder lets go.
+
+        In rounds of at most a TTL: while a statement waits, its snapshot holds the server's
+        vacuum back (the xmin horizon) for every table of the cluster, and a queued run
+        behind a long job would hold it back for as long as the job ran.
+        """
         _keep_devnull()  # before the wait, as the timer: what taking the lock needs, made now
 
-        # lock_timeout 0 means no limit; anything else is at least a millisecond. A
-        # server-wide statement_timeout must not end the wait as an error.
-        limit = "0" if timeout is None else str(max(1, round(timeout * 1000)))
-        conn = self._open({"lock_timeout": limit, "statement_timeout": "0"})
+        # A server-wide statement_timeout must not end the wait as an error.
+        conn = self._open({"statement_timeout": "0"})
         if conn is None:
             return True
-        sent, parameters = self._taking()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        statement = _WAITED.format(xid=_xid(conn))
         try:
-            return self._hold(conn, _WAITED.format(xid=_xid(conn)), (*parameters, *self.key), sent)
+            while True:
+                left = self.ttl if deadline is None else min(self.ttl, deadline - time.monotonic())
+                if left <= 0:
+                    self._close()
+                    return False
+                # lock_timeout is at least a millisecond (0 would mean no limit).
+                self._run(conn, "SELECT set_config('lock_timeout', %s, false)", (str(max(1, round(left * 1000))),))
+                sent, parameters = self._taking()
+                row = self._run(conn, statement, (*parameters, *self.key))
+                if row is not None:
+                    return self._hold(row, sent)
         except BaseException:  # KeyboardInterrupt: psycopg cancelled the wait; drop the session
             self._close()
             raise
@@ -293,21 +310,23 @@ class PostgresBackend(LeaseBackend):
         message = self.lock_name.replace("\0", " ")
         return now(), (message, f"runalways {os.getpid()} ", time.time(), f" {socket.gethostname()}")
 
-    def _hold(self, conn: Connection, statement: str, parameters: tuple[object, ...], sent: float) -> bool:
-        """Run ``statement`` (_TAKEN's columns, the lock ours once it ends), sent at ``sent``,
-        then hold the lease, with the token and the server's age it gives."""
+    def _run(self, conn: Connection, statement: str, parameters: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """The row ``statement`` gives; None when lock_timeout ended its wait. Any other
+        error ends the session, and a lock it took (``_failure``)."""
         import psycopg
 
         try:
-            row = conn.execute(statement, parameters).fetchone()
-        except psycopg.errors.LockNotAvailable:  # a wait's lock_timeout: the time is up
-            self._close()
-            return False
-        except psycopg.Error as error:  # the session, and a lock it took, end (_failure)
+            return conn.execute(statement, parameters).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            return None
+        except psycopg.Error as error:
             raise self._failure(error) from None
+
+    def _hold(self, row: tuple[Any, ...], sent: float) -> bool:
+        """The lock is ours, by a statement sent at ``sent`` that gave ``row`` (_TAKEN's
+        columns): hold the lease, with the token and the server's age it gives."""
         self._locked = True
         _keep_devnull()
-        assert row is not None
         self._uptime = float(row[1])
         # The server's lease began when the statement ended: no sooner than the time it
         # spent in it (a wait included) after it was sent.

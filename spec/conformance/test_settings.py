@@ -236,6 +236,43 @@ def test_a_start_waiting_for_a_cluster_lock_waits_on_the_server_and_gets_it_when
 
 
 @pytest.mark.clause("R3.9")
+def test_a_postgres_waiter_does_not_hold_the_servers_vacuum_back_for_the_whole_wait(
+    tmp_path: Path, postgres_settings: dict[str, str]
+) -> None:
+    import psycopg
+
+    procs = Procs("postgres", tmp_path, postgres_settings)
+    try:
+        url = postgres_settings["RUNALWAYS_URL"]
+        job = procs.script("job.py", TOKEN_HOLDER)
+        holder = procs.python(job)
+        held = int(read_line(holder).split()[1])
+        waiter = procs.python(job, env={"RUNALWAYS_RETRY": "60,1"})
+        wait_until(lambda: ENGINES["postgres"].waiting(url, "job.py") > 0, "the waiter to wait")
+
+        def horizon() -> int:
+            """The oldest transaction the waiter's snapshot keeps visible (its backend_xmin)."""
+            with psycopg.connect(url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT backend_xmin::text::bigint FROM pg_stat_activity WHERE application_name LIKE %s",
+                    (f"runalways {waiter.pid} %",),
+                ).fetchone()
+            return -1 if row is None or row[0] is None else int(row[0])
+
+        with psycopg.connect(url, autocommit=True) as conn:  # a transaction that ends after the wait began
+            row = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+        assert row is not None
+        # Its statement is sent again at least every TTL, with a new snapshot: vacuum may
+        # clean up after that transaction while the start still waits.
+        wait_until(lambda: horizon() > int(row[0]), "the waiter's snapshot to move past a newer transaction")
+        assert finish(holder).returncode == 0
+        assert int(read_line(waiter).split()[1]) > held
+        assert finish(waiter).returncode == 0
+    finally:
+        procs.reap()
+
+
+@pytest.mark.clause("R3.9")
 def test_a_redis_waiter_whose_acl_forbids_blpop_polls_and_still_gets_the_lock(
     exit_releasing_procs: Procs, tmp_path: Path
 ) -> None:
