@@ -2,13 +2,15 @@
 
 One small file per lock in the private lock directory, named after the lock's key
 (``<name>-<hash>.beat``): its content is the pid of the holder that beats (padded with
-spaces to one width), its modification time the last beat. A start that finds the lock held counts the holder's
-age from its last beat when the file names that holder and is newer than its start, so
-a file left by an earlier holder never makes a new one look fresh. The script itself is
-never written (it may be read-only), and the lock is never touched. The directory is
-the user's own: a holder of another user, or on another host, is aged by its start.
+spaces to one width), its modification time the last beat. A start that finds the lock
+held counts the holder's age from its last beat when the file names that holder and is
+newer than its start, so a file left by an earlier holder never makes a new one look
+fresh. The script itself is never written (it may be read-only), and the lock is never
+touched. The directory is the user's own: a holder of another user, or on another host,
+is aged by its start.
 
-Loaded only by ``api.heartbeat()`` and by a start that checks for a stale holder.
+Loaded only by ``api.heartbeat()``, by a start that checks for a stale holder, and by a
+start that waits for the lock (it beats once it holds it).
 """
 
 from __future__ import annotations

@@ -696,6 +696,12 @@ class Settings:
         RUNALWAYS_PING): without one, a start reports nothing and loads nothing for it."""
         return self.log is not None or self.metrics is not None or self.ping is not None
 
+    @property
+    def sends_sigterm(self) -> bool:
+        """Whether something sends SIGTERM that RUNALWAYS_KILL_GRACE follows with SIGKILL: a
+        deadline (RUNALWAYS_TIMEOUT), a stale holder killed, or a copy replaced."""
+        return self.deadline is not None or self.on_stale == "kill" or self.policy == "replace"
+
 
 def resolve(
     environ: "Mapping[str, str]",
@@ -782,8 +788,7 @@ def _check_together(environ: "Mapping[str, str]", chosen: Settings) -> None:
             "RUNALWAYS_ON_STALE and RUNALWAYS_STALE_EXIT say what to do with a stale holder, "
             "but no limit says when one is stale: set RUNALWAYS_STALE_AFTER (such as 2h) too"
         )
-    kills = chosen.deadline is not None or chosen.on_stale == "kill" or chosen.policy == "replace"
-    if _given(environ, "RUNALWAYS_KILL_GRACE") and not kills:
+    if _given(environ, "RUNALWAYS_KILL_GRACE") and not chosen.sends_sigterm:
         raise _invalid(
             "RUNALWAYS_KILL_GRACE is the time from SIGTERM to SIGKILL, but nothing here sends SIGTERM: "
             "set RUNALWAYS_TIMEOUT, RUNALWAYS_POLICY=replace, or RUNALWAYS_STALE_AFTER with "

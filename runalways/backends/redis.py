@@ -194,8 +194,6 @@ class RedisBackend(LeaseBackend):
         """
         import redis
 
-        from runalways._waiting import poll_until
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._attempt():
             left = float("inf") if deadline is None else deadline - time.monotonic()
@@ -203,6 +201,8 @@ class RedisBackend(LeaseBackend):
                 self._close()
                 return False
             if self._polling:
+                from runalways._waiting import poll_until
+
                 taken = poll_until(self._attempt, left, longest=0.02)
                 if not taken:
                     self._close()

@@ -34,11 +34,11 @@ def run(arguments: argparse.Namespace) -> int:
     if not command:
         raise SettingError("no command to run; usage: runalways run [OPTIONS] -- COMMAND [ARGS...]")
     executable = _program(command[0])
-    typed = _policy.ALONE if arguments.alone else _policy.QUEUE if arguments.queue else None
-    typed = _policy.REPLACE if arguments.replace else typed
+    # --alone, --queue, --replace: the flag is the policy's name (one at most: argparse sees to it).
+    flagged = (_policy.ALONE, _policy.QUEUE, _policy.REPLACE)
+    typed = next((policy for policy in flagged if getattr(arguments, policy)), None)
     chosen = _policy.choose(os.environ, environment_wins=False, policy=typed, **given_settings(arguments, "run"))
-    kills = chosen.deadline is not None or chosen.on_stale == "kill" or chosen.policy == _policy.REPLACE
-    if arguments.kill_grace is not None and not kills:
+    if arguments.kill_grace is not None and not chosen.sends_sigterm:
         raise SettingError("--kill-after is the grace after a deadline's SIGTERM: give --timeout (or --replace) too")
     display = shlex.join(command)
     named = _policy.named_target(
